@@ -1,0 +1,116 @@
+"""The foundation: a real broker behaves as the worker relies on it to."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from worker import kafka_clients
+
+pytestmark = pytest.mark.kafka
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for v in values:
+        producer.send(topic, value=v, key=key)
+    producer.flush()
+    producer.close()
+
+
+def _drain(consumer: KafkaConsumer, want: int, timeout: float = 30.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            got.extend(records)
+    return got
+
+
+def test_round_trip(settings_for) -> None:
+    s = settings_for()
+    admin = kafka_clients.admin(s, s.bootstrap_servers)
+    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+    admin.close()
+    values = [f"hello {i}".encode() for i in range(20)]
+    _produce(s.bootstrap_servers, s.input_topic, values, key=b"k")
+    consumer = kafka_clients.consumer(s, s.bootstrap_servers)
+    consumer.subscribe([s.input_topic])
+    got = _drain(consumer, 20)
+    consumer.close()
+    assert [r.value for r in got] == values  # one key: one partition, in order
+
+
+def test_topic_creation_is_idempotent(settings_for) -> None:
+    s = settings_for(partitions=3)
+    admin = kafka_clients.admin(s, s.bootstrap_servers)
+    try:
+        specs = kafka_clients.topic_specs(s)
+        assert kafka_clients.ensure_topics(admin, specs) == sorted(specs)
+        assert kafka_clients.ensure_topics(admin, specs) == []
+        rows = kafka_clients.describe_topics(admin, list(specs))
+        assert {r["topic"]: r["partitions"] for r in rows} == {name: 3 for name in specs}
+    finally:
+        admin.close()
+
+
+def test_group_of_two_splits_partitions(settings_for) -> None:
+    s = settings_for(partitions=4)
+    admin = kafka_clients.admin(s, s.bootstrap_servers)
+    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+    admin.close()
+    a = kafka_clients.consumer(s, s.bootstrap_servers)
+    b = kafka_clients.consumer(s, s.bootstrap_servers)
+    a.subscribe([s.input_topic])
+    b.subscribe([s.input_topic])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        a.poll(timeout_ms=200)
+        b.poll(timeout_ms=200)
+        if len(a.assignment()) + len(b.assignment()) == 4 and a.assignment() and b.assignment():
+            break
+    try:
+        assert len(a.assignment()) == 2 and len(b.assignment()) == 2
+        assert not (a.assignment() & b.assignment())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_committed_offsets_survive_restart(settings_for) -> None:
+    s = settings_for(partitions=1)
+    admin = kafka_clients.admin(s, s.bootstrap_servers)
+    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+    admin.close()
+    _produce(s.bootstrap_servers, s.input_topic, [f"m{i}".encode() for i in range(10)])
+    first = kafka_clients.consumer(s, s.bootstrap_servers, max_poll_records=4)
+    first.subscribe([s.input_topic])
+    got = _drain(first, 4)[:4]
+    tp = TopicPartition(s.input_topic, 0)
+    first.commit({tp: __import__("kafka").OffsetAndMetadata(got[-1].offset + 1, "", -1)})
+    first.close()
+    second = kafka_clients.consumer(s, s.bootstrap_servers)
+    second.subscribe([s.input_topic])
+    rest = _drain(second, 6)
+    second.close()
+    assert [r.value for r in rest] == [f"m{i}".encode() for i in range(4, 10)]
+
+
+def test_end_offsets_match_what_was_produced(settings_for) -> None:
+    s = settings_for(partitions=2)
+    admin = kafka_clients.admin(s, s.bootstrap_servers)
+    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
+    for _ in range(7):
+        producer.send(s.input_topic, value=b"x", partition=0)
+    for _ in range(5):
+        producer.send(s.input_topic, value=b"y", partition=1)
+    producer.flush()
+    producer.close()
+    consumer = kafka_clients.consumer(s, s.bootstrap_servers)
+    ends = consumer.end_offsets([TopicPartition(s.input_topic, 0), TopicPartition(s.input_topic, 1)])
+    consumer.close()
+    assert ends == {TopicPartition(s.input_topic, 0): 7, TopicPartition(s.input_topic, 1): 5}

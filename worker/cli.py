@@ -1,0 +1,188 @@
+"""The ``sentistream`` command. Subcommands import their heavy parts lazily."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from worker.errors import UserError
+from worker.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Streaming sentence classifier on Kafka.")
+broker_app = typer.Typer(no_args_is_help=True, help="A local Apache Kafka (KRaft) for demo and tests.")
+topics_app = typer.Typer(no_args_is_help=True, help="Create and describe the project's topics.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+
+BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="host:port[,host:port]; "
+                         "default: KAFKA_BOOTSTRAP_SERVERS, else the local broker")]
+
+
+def make_settings(**flags: Any) -> Settings:
+    """Env vars, overridden by the flags the user gave (None means: not given)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "bootstrap" in given:
+        given["bootstrap_servers"] = given.pop("bootstrap")
+    return Settings(**given)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)
+
+
+# -- broker ----------------------------------------------------------------------------------
+@broker_app.command("up")
+def broker_up(
+    nodes: Annotated[int, typer.Option(min=1, max=9, help="KRaft nodes (3 for fault tests)")] = 1,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="first node's port; 0: any free")] = 9092,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for it")] = 90.0,
+) -> None:
+    """Start a local KRaft broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster)."""
+    from worker.local_kafka import LocalCluster
+
+    settings = make_settings()
+    if settings.bootstrap_servers:
+        _echo(f"using the configured cluster {settings.bootstrap_servers}; nothing to start")
+        return
+    state = LocalCluster(settings.home).up(nodes=nodes, port=port, timeout=timeout)
+    _echo(f"Apache Kafka {state.kafka_version} ({state.nodes} node(s)) is up at {state.bootstrap}")
+
+
+@broker_app.command("down")
+def broker_down(
+    keep_data: Annotated[bool, typer.Option(help="keep topics and offsets for the next up")] = False,
+) -> None:
+    """Stop the local broker and (unless --keep-data) remove its data."""
+    from worker.local_kafka import LocalCluster
+
+    stopped = LocalCluster(make_settings().home).down(wipe=not keep_data)
+    _echo("local broker stopped" if stopped else "no local broker was running")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether a broker answers, and where."""
+    from worker.kafka_clients import brokers_answering
+    from worker.local_kafka import LocalCluster
+
+    settings = make_settings()
+    if settings.bootstrap_servers:
+        n = brokers_answering(settings.bootstrap_servers, **_security(settings))
+        _echo(f"configured cluster {settings.bootstrap_servers}: {n} broker(s) answering")
+        raise typer.Exit(0 if n else 1)
+    state = LocalCluster(settings.home).state()
+    if state is None:
+        _echo("no local broker is running (start one with `sentistream broker up`)")
+        raise typer.Exit(1)
+    n = brokers_answering(state.bootstrap)
+    _echo(f"local Apache Kafka {state.kafka_version} at {state.bootstrap}: "
+          f"{n}/{state.nodes} broker(s) answering, pids {state.pids}")
+
+
+@broker_app.command("logs")
+def broker_logs(
+    lines: Annotated[int, typer.Option("-n", min=1, help="how many lines")] = 40,
+    node: Annotated[int, typer.Option(min=1, help="which node")] = 1,
+) -> None:
+    """Print the end of a local node's log."""
+    from worker.local_kafka import LocalCluster
+
+    path = LocalCluster(make_settings().home).node_log(node - 1)
+    if not path.exists():
+        raise UserError(f"no log at {path}: is a local broker running?")
+    _echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    cfg = settings.kafka_client_config("unused")
+    cfg.pop("bootstrap_servers")
+    cfg.pop("client_id")
+    return cfg
+
+
+# -- topics ----------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create(
+    bootstrap: BootstrapOpt = None,
+    partitions: Annotated[int | None, typer.Option(min=1, help="partitions per topic")] = None,
+) -> None:
+    """Create the input, output and dead-letter topics (idempotent)."""
+    from worker import kafka_clients
+
+    settings = make_settings(bootstrap=bootstrap, partitions=partitions)
+    client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
+    try:
+        created = kafka_clients.ensure_topics(client, kafka_clients.topic_specs(settings))
+        for row in kafka_clients.describe_topics(client, list(kafka_clients.topic_specs(settings))):
+            state = "created" if row["topic"] in created else "exists"
+            _echo(f"{row['topic']:<28} {row['partitions']:>3} partition(s)  {state}")
+    finally:
+        client.close()
+
+
+@topics_app.command("describe")
+def topics_describe(bootstrap: BootstrapOpt = None) -> None:
+    """Partition counts of the project's topics."""
+    from worker import kafka_clients
+
+    settings = make_settings(bootstrap=bootstrap)
+    client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
+    try:
+        existing = set(client.list_topics())
+        for name in kafka_clients.topic_specs(settings):
+            if name not in existing:
+                _echo(f"{name:<28} missing")
+                continue
+            row = kafka_clients.describe_topics(client, [name])[0]
+            _echo(f"{name:<28} {row['partitions']:>3} partition(s)")
+    finally:
+        client.close()
+
+
+# -- entry point -----------------------------------------------------------------------------
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "settings"
+    return f"invalid setting {where}: {first['msg']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one plain line and exit 2, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kafka-python narrates every refused connection; our own messages say what matters.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    from kafka.errors import KafkaError
+
+    from worker.kafka_clients import NoBrokerConfigured
+    from worker.local_kafka import BrokerError
+
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="sentistream")
+    except typer.Abort:
+        print("sentistream: aborted", file=sys.stderr)
+        sys.exit(130)
+    except (UserError, BrokerError, NoBrokerConfigured) as exc:
+        print(f"sentistream: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:
+        print(f"sentistream: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except KafkaError as exc:
+        print(f"sentistream: Kafka error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        # Typer vendors click: its usage errors carry format_message() and exit_code.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            print(f"sentistream: {exc.format_message()}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["Path", "app", "main"]

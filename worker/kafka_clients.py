@@ -1,0 +1,120 @@
+"""The one place that creates Kafka client objects; everything else receives plain records.
+
+Also resolves which cluster to talk to: the configured bootstrap, else the local broker that
+``sentistream broker up`` started (its state file), else a plain error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Large enough for any input record plus our dead-letter headers.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class NoBrokerConfigured(RuntimeError):
+    pass
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    state_file = settings.home / "broker" / "state.json"
+    if state_file.exists():
+        return json.loads(state_file.read_text())["bootstrap"]
+    raise NoBrokerConfigured(
+        "no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or run `sentistream broker up`"
+    )
+
+
+def brokers_answering(bootstrap: str, **config: Any) -> int:
+    """How many brokers the cluster reports; 0 when it does not answer."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=3000,
+                                 client_id="sentistream-probe", **config)
+    except KafkaError:
+        return 0
+    try:
+        return len(admin.describe_cluster().get("brokers", []))
+    except KafkaError:
+        return 0
+    finally:
+        admin.close()
+
+
+def admin(settings: Settings, bootstrap: str) -> KafkaAdminClient:
+    return KafkaAdminClient(**settings.kafka_client_config(bootstrap))
+
+
+def consumer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaConsumer:
+    cfg: dict[str, Any] = {
+        **settings.kafka_client_config(bootstrap),
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": max(500, settings.batch_size * 4),
+        "fetch_max_wait_ms": 50,
+        "isolation_level": "read_committed",
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 2_000,
+        "max_poll_interval_ms": 300_000,
+    }
+    cfg.update(overrides)
+    return KafkaConsumer(**cfg)
+
+
+def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProducer:
+    cfg: dict[str, Any] = {
+        **settings.kafka_client_config(bootstrap),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "batch_size": 64 * 1024,
+        "max_request_size": MAX_REQUEST_BYTES,
+        "compression_type": None,
+    }
+    cfg.update(overrides)
+    return KafkaProducer(**cfg)
+
+
+def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The project's three topics. The dead-letter topic accepts records as large as any input."""
+    return {
+        settings.input_topic: {"num_partitions": settings.partitions},
+        settings.output_topic: {"num_partitions": settings.partitions},
+        settings.dlq_topic: {"num_partitions": settings.partitions,
+                             "configs": {"max.message.bytes": str(MAX_REQUEST_BYTES)}},
+    }
+
+
+def ensure_topics(client: KafkaAdminClient, specs: dict[str, dict[str, Any]]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    existing = set(client.list_topics())
+    missing = {name: spec for name, spec in specs.items() if name not in existing}
+    if not missing:
+        return []
+    with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won the race
+        client.create_topics(missing, wait_for_metadata=True)
+    log.info("created topics %s", sorted(missing))
+    return sorted(missing)
+
+
+def describe_topics(client: KafkaAdminClient, names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for topic in client.describe_topics(names):
+        rows.append({
+            "topic": topic["topic"] if "topic" in topic else topic.get("name"),
+            "partitions": len(topic.get("partitions", [])),
+            "error_code": topic.get("error_code", 0),
+        })
+    return rows

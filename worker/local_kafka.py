@@ -1,0 +1,289 @@
+"""A real Apache Kafka (KRaft) on loopback for the demo, the tests and CI. Tooling only.
+
+Jars come from Maven Central through ``deploy/kafka/pom.xml`` (cached under the home dir and in
+Maven's local repository); nodes run with ``java`` as detached processes; everything a cluster
+owns (config, data, logs, pids) lives in one data directory. The run loop never imports this.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+LOG4J2 = """\
+Configuration:
+  name: sentistream-local-kafka
+  Appenders:
+    File:
+      name: file
+      fileName: "${sys:kafka.logs.dir}/server.log"
+      PatternLayout: {pattern: "[%d] %p %m (%c)%n"}
+  Loggers:
+    Root: {level: INFO, AppenderRef: [{ref: file}]}
+    Logger:
+      - {name: kafka.request.logger, level: WARN}
+      - {name: org.apache.kafka.controller, level: INFO}
+"""
+LOG4J2_PROPERTIES = """\
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+class BrokerError(RuntimeError):
+    """One plain line for the user: what went wrong with the local broker."""
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    bootstrap: str
+    nodes: int
+    pids: list[int]
+    ports: list[int]
+    controller_ports: list[int]
+    kafka_version: str
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0): look at its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def provision_jars(home: Path) -> Path:
+    """Resolve the Kafka server jars with Maven into ``home/kafka-<version>/libs`` (cached)."""
+    libs = home / f"kafka-{KAFKA_VERSION}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is not installed: it fetches the Kafka jars once")
+    if not POM.exists():
+        raise BrokerError(f"{POM} is missing: run from a sentistream checkout")
+    libs.mkdir(parents=True, exist_ok=True)
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        raise BrokerError("Maven could not fetch the Kafka jars (offline?): " + " | ".join(tail))
+    marker.write_text(KAFKA_VERSION)
+    return libs
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("Java is not installed: the local broker needs Java 17 or newer")
+    return java
+
+
+class LocalCluster:
+    """A KRaft cluster of 1 or 3 (or any) combined broker+controller nodes on 127.0.0.1."""
+
+    def __init__(self, home: Path, data_dir: Path | None = None) -> None:
+        self.home = home
+        self.data_dir = data_dir or home / "broker"
+        self.state_file = self.data_dir / "state.json"
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> ClusterState | None:
+        """The running cluster, or None. Stale state (dead processes) counts as not running."""
+        if not self.state_file.exists():
+            return None
+        state = ClusterState(**json.loads(self.state_file.read_text()))
+        if not any(_alive(pid) for pid in state.pids):
+            return None
+        return state
+
+    def node_log(self, index: int = 0) -> Path:
+        return self.data_dir / f"node-{index + 1}" / "logs" / "server.log"
+
+    def log_tail(self, lines: int = 5) -> str:
+        for path in (self.node_log(0), self.data_dir / "node-1" / "stdout.log"):
+            if path.exists() and path.stat().st_size:
+                return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log yet)"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0) -> ClusterState:
+        running = self.state()
+        if running is not None:
+            raise BrokerError(f"a local broker is already running at {running.bootstrap}")
+        ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
+        controller_ports = [free_port() for _ in range(nodes)]
+        for p in ports:
+            if not _port_free(p):
+                raise BrokerError(f"port {p} is taken: stop what uses it or pass --port")
+        java = _java()
+        libs = provision_jars(self.home)
+        self._format(java, libs, nodes, ports, controller_ports)
+        pids = [self._start_node(java, libs, i) for i in range(nodes)]
+        state = ClusterState(
+            bootstrap=",".join(f"127.0.0.1:{p}" for p in ports), nodes=nodes, pids=pids,
+            ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION,
+        )
+        self.state_file.write_text(json.dumps(asdict(state)))
+        self._wait_ready(state, timeout)
+        return state
+
+    def down(self, timeout: float = 30.0, wipe: bool = True) -> bool:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout``). True if one was running."""
+        if not self.state_file.exists():
+            return False
+        state = ClusterState(**json.loads(self.state_file.read_text()))
+        was_running = any(_alive(pid) for pid in state.pids)
+        for pid in state.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in state.pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in state.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+        if wipe:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        return was_running
+
+    def stop_node(self, index: int, hard: bool = False) -> None:
+        """Stop one node (fault tests). SIGKILL when ``hard``."""
+        state = self.state()
+        if state is None:
+            raise BrokerError("no local broker is running")
+        pid = state.pids[index]
+        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        while _alive(pid):
+            time.sleep(0.1)
+
+    def start_node(self, index: int, timeout: float = 60.0) -> None:
+        state = self.state()
+        if state is None:
+            raise BrokerError("no local broker is running")
+        pids = list(state.pids)
+        pids[index] = self._start_node(_java(), provision_jars(self.home), index)
+        state = ClusterState(**{**asdict(state), "pids": pids})
+        self.state_file.write_text(json.dumps(asdict(state)))
+        self._wait_ready(state, timeout)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _node_dir(self, index: int) -> Path:
+        return self.data_dir / f"node-{index + 1}"
+
+    def _format(self, java: str, libs: Path, nodes: int, ports: list[int],
+                controller_ports: list[int]) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        voters = ",".join(f"{i + 1}@127.0.0.1:{cp}" for i, cp in enumerate(controller_ports))
+        replication = min(3, nodes)
+        for i in range(nodes):
+            node = self._node_dir(i)
+            (node / "logs").mkdir(parents=True)
+            props = {
+                "process.roles": "broker,controller",
+                "node.id": i + 1,
+                "controller.quorum.voters": voters,
+                "listeners": f"PLAINTEXT://127.0.0.1:{ports[i]},CONTROLLER://127.0.0.1:{controller_ports[i]}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports[i]}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "log.dirs": node / "data",
+                "num.partitions": 1,
+                "default.replication.factor": replication,
+                "min.insync.replicas": 2 if nodes >= 3 else 1,
+                "offsets.topic.replication.factor": replication,
+                "offsets.topic.num.partitions": 10,
+                "transaction.state.log.replication.factor": replication,
+                "transaction.state.log.min.isr": 2 if nodes >= 3 else 1,
+                "transaction.state.log.num.partitions": 10,
+                "group.initial.rebalance.delay.ms": 0,
+                "share.coordinator.state.topic.replication.factor": replication,
+                "share.coordinator.state.topic.min.isr": 1,
+                "log.segment.bytes": 64 * 1024 * 1024,
+                "auto.create.topics.enable": "true",
+            }
+            (node / "server.properties").write_text(
+                "".join(f"{k}={v}\n" for k, v in props.items())
+            )
+            (node / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+            cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
+                   "-t", cluster_id, "-c", str(node / "server.properties"), "--ignore-formatted"]
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise BrokerError(f"formatting node {i + 1} failed: {result.stderr.strip()[-300:]}")
+
+    def _start_node(self, java: str, libs: Path, index: int) -> int:
+        node = self._node_dir(index)
+        cmd = [
+            java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={node / 'logs'}",
+            f"-Dlog4j2.configurationFile={node / 'log4j2.properties'}",
+            "-cp", f"{libs}/*", "kafka.Kafka", str(node / "server.properties"),
+        ]
+        with open(node / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        return proc.pid
+
+    def _wait_ready(self, state: ClusterState, timeout: float) -> None:
+        from worker.kafka_clients import brokers_answering
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not all(_alive(pid) for pid in state.pids):
+                tail = self.log_tail()
+                self.down(wipe=False)
+                raise BrokerError(f"the local broker exited while starting; last log lines:\n{tail}")
+            if brokers_answering(state.bootstrap) >= state.nodes:
+                return
+            time.sleep(0.3)
+        tail = self.log_tail()
+        self.down(wipe=False)
+        raise BrokerError(f"the local broker did not come up in {timeout:.0f} s; last log lines:\n{tail}")

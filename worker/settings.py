@@ -1,0 +1,103 @@
+"""All configuration in one typed, frozen object: env vars ``SENTISTREAM_*`` and CLI flags.
+
+``KAFKA_BOOTSTRAP_SERVERS`` is accepted too, the name users of other Kafka tools already set.
+When no bootstrap is configured, the local broker started by ``sentistream broker up`` is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeliveryMode = Literal["at-least-once", "exactly-once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def default_home() -> Path:
+    return Path.home() / ".sentistream"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENTISTREAM_", frozen=True, extra="forbid")
+
+    # Where things live
+    home: Path = Field(default_factory=default_home, description="jar cache, local broker data")
+
+    # Kafka connection
+    bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENTISTREAM_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS",
+                                      "bootstrap_servers"),
+    )
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "sentistream"
+
+    # Topics and group
+    group_id: str = "sentistream"
+    input_topic: str = "sentences"
+    output_topic: str = "sentences.labeled"
+    dlq_topic: str = "sentences.dlq"
+    partitions: int = Field(default=4, ge=1, description="partitions for topics we create")
+
+    # Model and batching
+    bundle: Path | None = Field(default=None, description="model bundle dir; default: shipped")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    max_message_bytes: int = Field(default=64 * 1024, ge=16)
+    max_tokens: int | None = Field(default=None, ge=4, description="cap below the bundle's")
+    threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads")
+    split_sentences: bool = False
+
+    # Delivery and flow control
+    delivery: DeliveryMode = "at-least-once"
+    max_in_flight_batches: int = Field(default=4, ge=1)
+    transactional_id: str | None = Field(
+        default=None, description="exactly-once: stable id per process (default: derived)"
+    )
+
+    # Process and observability
+    processes: int = Field(default=1, ge=1, le=256)
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 turns it off")
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        sasl_complete = self.sasl_mechanism and self.sasl_username and self.sasl_password
+        if self.security_protocol.startswith("SASL") and not sasl_complete:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        return self
+
+    def kafka_client_config(self, bootstrap: str) -> dict[str, Any]:
+        """kafka-python keyword arguments shared by every client (secrets stay in here)."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": bootstrap.split(","),
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL"):
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = self.sasl_password.get_secret_value()  # type: ignore[union-attr]
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, key)
+            if value is not None:
+                cfg[key] = str(value)
+        return cfg
+
+    def public_view(self) -> dict[str, Any]:
+        """What may be logged: everything but secrets."""
+        return self.model_dump(mode="json", exclude={"sasl_password"})
