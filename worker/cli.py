@@ -145,6 +145,71 @@ def topics_describe(bootstrap: BootstrapOpt = None) -> None:
         client.close()
 
 
+# -- worker ----------------------------------------------------------------------------------
+@app.command("worker")
+def worker_cmd(
+    bootstrap: BootstrapOpt = None,
+    group_id: Annotated[str | None, typer.Option("--group", help="consumer group")] = None,
+    input_topic: Annotated[str | None, typer.Option(help="default: sentences")] = None,
+    output_topic: Annotated[str | None, typer.Option(help="default: sentences.labeled")] = None,
+    dlq_topic: Annotated[str | None, typer.Option(help="default: sentences.dlq")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="model bundle dir; default: the shipped one")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="sentences per inference batch")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(help="longest wait to fill a batch")] = None,
+    max_message_bytes: Annotated[int | None, typer.Option(help="larger records are dead-lettered")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="truncate below the bundle's max length")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process")] = None,
+    delivery: Annotated[str | None, typer.Option(help="at-least-once | exactly-once")] = None,
+    processes: Annotated[int | None, typer.Option(help="worker processes on this host")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="/metrics, /healthz, /readyz; 0: off")] = None,
+    split_sentences: Annotated[bool | None, typer.Option("--split-sentences/--no-split-sentences",
+                                                         help="one result per sentence of a text")] = None,
+    security_protocol: Annotated[str | None, typer.Option(help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")] = None,
+    sasl_mechanism: Annotated[str | None, typer.Option(help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")] = None,
+    sasl_username: Annotated[str | None, typer.Option(help="password: SENTISTREAM_SASL_PASSWORD")] = None,
+    create_topics: Annotated[bool, typer.Option(help="create missing topics first")] = False,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING")] = None,
+) -> None:
+    """Consume sentences, classify them in micro-batches, publish results. Runs until SIGTERM."""
+    from worker.logs import setup_logging
+    from worker.supervisor import run_one, run_supervised
+
+    settings = make_settings(
+        bootstrap=bootstrap, group_id=group_id, input_topic=input_topic, output_topic=output_topic,
+        dlq_topic=dlq_topic, bundle=bundle, batch_size=batch_size, max_wait_ms=max_wait_ms,
+        max_message_bytes=max_message_bytes, max_tokens=max_tokens, threads=threads,
+        delivery=delivery, processes=processes, metrics_port=metrics_port,
+        split_sentences=split_sentences, security_protocol=security_protocol,
+        sasl_mechanism=sasl_mechanism, sasl_username=sasl_username, log_level=log_level,
+    )
+    setup_logging(settings.log_level, "supervisor" if settings.processes > 1 else "worker")
+    from worker.bundle import Bundle, default_bundle_path
+
+    Bundle(settings.bundle or default_bundle_path())  # refuse a bad bundle before anything starts
+    if create_topics:
+        _ensure_topics(settings)
+    code = run_supervised(settings) if settings.processes > 1 else run_one(settings)
+    raise typer.Exit(code)
+
+
+def _ensure_topics(settings: Settings) -> None:
+    from worker import kafka_clients
+
+    client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
+    try:
+        kafka_clients.ensure_topics(client, kafka_clients.topic_specs(settings))
+    finally:
+        client.close()
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of input and output records."""
+    from worker.contract import dump_schemas
+
+    typer.echo(dump_schemas(), nl=False)
+
+
 # -- entry point -----------------------------------------------------------------------------
 def _one_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
@@ -159,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     from kafka.errors import KafkaError
 
+    from worker.bundle import BundleError
     from worker.kafka_clients import NoBrokerConfigured
     from worker.local_kafka import BrokerError
 
@@ -167,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("sentistream: aborted", file=sys.stderr)
         sys.exit(130)
-    except (UserError, BrokerError, NoBrokerConfigured) as exc:
+    except (UserError, BrokerError, NoBrokerConfigured, BundleError) as exc:
         print(f"sentistream: {exc}", file=sys.stderr)
         sys.exit(2)
     except ValidationError as exc:

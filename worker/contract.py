@@ -1,0 +1,179 @@
+"""The message contract (see README "Message contract"): input, output and dead-letter records.
+
+``decode`` turns one raw Kafka record into either sentences to classify or a rejection with a
+reason code; it never raises on bad input. Output and dead-letter records are built here too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONTRACT_VERSION = "1"
+HEADER_PREFIX = "sentistream-"
+
+
+class Reason(StrEnum):
+    """Dead-letter reason codes (header ``sentistream-dlq-reason``)."""
+
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    MISSING_TEXT = "missing_text"
+    INVALID_FIELD = "invalid_field"
+    EMPTY_TEXT = "empty_text"
+    TOO_LARGE = "too_large"
+    MODEL_ERROR = "model_error"
+
+
+class RawRecord(Protocol):
+    """What the run loop hands us: kafka-python's ConsumerRecord fits."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+# -- schemas ---------------------------------------------------------------------------------
+class InputMessage(BaseModel):
+    """A JSON input record. Extra fields are carried through under ``meta``."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
+    id: str | int | None = Field(default=None, description="your id; default: topic/partition/offset")
+    text: str = Field(description="a sentence, or a whole review when sentence splitting is on")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SourceRef(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Result(BaseModel):
+    """One classified sentence on the output topic."""
+
+    id: str
+    text: str
+    label: str
+    label_id: int
+    scores: dict[str, float]
+    model: ModelRef
+    source: SourceRef
+    meta: dict[str, Any] = Field(default_factory=dict)
+    doc_id: str | None = Field(default=None, description="set when sentence splitting is on")
+    sentence_index: int | None = Field(default=None, description="0-based, with doc_id")
+
+
+# -- decoding --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """One sentence to classify, with where it came from."""
+
+    record: RawRecord
+    id: str
+    text: str
+    meta: dict[str, Any]
+    doc_id: str | None = None
+    sentence_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    record: RawRecord
+    reason: Reason
+    detail: str
+
+
+def derived_id(record: RawRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def decode(record: RawRecord, max_bytes: int) -> tuple[str, str, dict[str, Any]] | Rejection:
+    """Raw record -> (id, text, meta), or the reason it cannot be classified. Never raises."""
+    value = record.value
+    if value is None:
+        return Rejection(record, Reason.EMPTY_TEXT, "record value is null")
+    if len(value) > max_bytes:
+        return Rejection(record, Reason.TOO_LARGE, f"{len(value)} bytes > limit {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(record, Reason.INVALID_UTF8, f"byte {exc.start}: {exc.reason}")
+    if not text.lstrip().startswith("{"):
+        if not text.strip():
+            return Rejection(record, Reason.EMPTY_TEXT, "text is empty")
+        return derived_id(record), text, {}
+    try:
+        message = InputMessage.model_validate_json(text)
+    except ValidationError as exc:
+        return _rejection_from(record, exc)
+    if not message.text.strip():
+        return Rejection(record, Reason.EMPTY_TEXT, "field 'text' is empty")
+    meta = dict(message.model_extra or {})
+    msg_id = derived_id(record) if message.id is None else str(message.id)
+    return msg_id, message.text, meta
+
+
+def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
+    error = exc.errors(include_url=False)[0]
+    kind, loc = error["type"], tuple(error["loc"])
+    if kind == "json_invalid" or kind == "model_type":
+        return Rejection(record, Reason.INVALID_JSON, error["msg"][:200])
+    if loc[:1] == ("text",) and kind == "missing":
+        return Rejection(record, Reason.MISSING_TEXT, "JSON object has no 'text' field")
+    where = ".".join(str(p) for p in loc)
+    return Rejection(record, Reason.INVALID_FIELD, f"field '{where}': {error['msg']}"[:200])
+
+
+def to_sentences(record: RawRecord, decoded: tuple[str, str, dict[str, Any]],
+                 splitter=None) -> list[Sentence]:
+    """One sentence, or (with a splitter) one per sentence of the text, ids ``<id>#<index>``."""
+    msg_id, text, meta = decoded
+    if splitter is None:
+        return [Sentence(record, msg_id, text, meta)]
+    parts = [p for p in splitter(text) if p.strip()] or [text]
+    return [Sentence(record, f"{msg_id}#{i}", p.strip(), meta, msg_id, i) for i, p in enumerate(parts)]
+
+
+# -- output ----------------------------------------------------------------------------------
+def result_headers(record: RawRecord, model: ModelRef) -> list[tuple[str, bytes]]:
+    own = [(f"{HEADER_PREFIX}model", f"{model.name}:{model.version}".encode()),
+           (f"{HEADER_PREFIX}contract", CONTRACT_VERSION.encode())]
+    return _carried(record) + own
+
+
+def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
+    r = rejection.record
+    own = [
+        (f"{HEADER_PREFIX}dlq-reason", rejection.reason.value.encode()),
+        (f"{HEADER_PREFIX}dlq-detail", rejection.detail.encode("utf-8", "replace")),
+        (f"{HEADER_PREFIX}source-topic", r.topic.encode()),
+        (f"{HEADER_PREFIX}source-partition", str(r.partition).encode()),
+        (f"{HEADER_PREFIX}source-offset", str(r.offset).encode()),
+    ]
+    return _carried(r) + own
+
+
+def _carried(record: RawRecord) -> list[tuple[str, bytes]]:
+    """The record's own headers, minus ours (a re-processed record gets fresh ones)."""
+    return [(k, v) for k, v in (record.headers or []) if not k.startswith(HEADER_PREFIX)]
+
+
+def json_schemas() -> dict[str, dict]:
+    return {"input": InputMessage.model_json_schema(), "result": Result.model_json_schema()}
+
+
+def dump_schemas() -> str:
+    return json.dumps(json_schemas(), indent=2, sort_keys=True) + "\n"

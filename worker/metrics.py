@@ -1,0 +1,99 @@
+"""Prometheus metrics: defined once here, incremented where things happen; health endpoints.
+
+With ``--processes N`` the children write to a shared multiprocess directory and the supervisor
+serves one ``/metrics`` for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports. Names follow Prometheus conventions."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        r = registry
+        self.consumed = Counter("sentistream_messages_consumed_total",
+                                "Input records consumed.", registry=r)
+        self.classified = Counter("sentistream_messages_classified_total",
+                                  "Sentences classified and published, by label.", ["label"], registry=r)
+        self.dead_lettered = Counter("sentistream_messages_dead_lettered_total",
+                                     "Input records sent to the dead-letter topic, by reason.",
+                                     ["reason"], registry=r)
+        self.batch_size = Histogram("sentistream_batch_size", "Sentences per inference batch.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("sentistream_inference_seconds",
+                                           "Tokenization + onnxruntime time per batch.",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end_seconds = Histogram(
+            "sentistream_end_to_end_seconds",
+            "Input record timestamp to result acknowledged by the broker.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("sentistream_consumer_lag", "Records not yet processed, per partition.",
+                         ["topic", "partition"], registry=r, multiprocess_mode="livesum")
+        self.model_info = Gauge("sentistream_model_info", "The served model bundle (value 1).",
+                                ["name", "version", "sha256"], registry=r, multiprocess_mode="livemax")
+        self.ready = Gauge("sentistream_worker_ready", "1 when the model is loaded and partitions "
+                           "are assigned.", registry=r, multiprocess_mode="livesum")
+        self.assigned = Gauge("sentistream_assigned_partitions", "Partitions this worker owns.",
+                              registry=r, multiprocess_mode="livesum")
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve(host: str, port: int, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> ThreadingHTTPServer:
+    """``/metrics``, ``/healthz`` (process alive) and ``/readyz``, in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/readyz":
+                ok = is_ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # scrapes are not news
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
