@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from worker.errors import UserError
 
-class ExportError(RuntimeError):
+
+class ExportError(UserError):
     """Base of everything that makes an export refuse to write a bundle."""
 
 

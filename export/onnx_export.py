@@ -67,7 +67,7 @@ def _labels(model) -> list[str]:
 
 def write_manifest(bundle_dir: Path, manifest: dict) -> None:
     manifest["files"] = {
-        name: sha256_file(bundle_dir / name) for name in ("model.onnx", "tokenizer.json")
+        f.name: sha256_file(f) for f in sorted(bundle_dir.iterdir()) if f.is_file() and f.name != MANIFEST
     }
     (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -33,7 +33,9 @@ class TrainConfig:
     max_length: int = 64
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
-    class_weight_power: float = 0.5
+    class_weight_power: float = 0.0
+    soft_label_mix: float = 0.5  # share of the ordinal soft target in the training target
+    soft_label_sigma: float = 0.1  # width of that target on the [0, 1] rating scale
     seed: int = 0
     threads: int = 0  # 0: torch's default
 
@@ -63,6 +65,21 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def soft_targets(ratings: np.ndarray, n_classes: int, mix: float, sigma: float,
+                 labels: np.ndarray) -> np.ndarray:
+    """Ordinal soft labels: one-hot mixed with a Gaussian around the crowd's mean rating.
+
+    A sentence rated 0.39 (just "Negative") should cost little when called "Neutral", and one
+    rated 0.05 a lot when called "Positive": the continuous rating carries that, a class id not.
+    """
+    x = (np.asarray(ratings) + 4) / 8
+    centers = (np.arange(n_classes) + 0.5) / n_classes
+    gauss = np.exp(-((x[:, None] - centers[None, :]) ** 2) / (2 * sigma**2))
+    gauss /= gauss.sum(1, keepdims=True)
+    onehot = np.eye(n_classes)[labels]
+    return ((1 - mix) * onehot + mix * gauss).astype(np.float32)
 
 
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
@@ -118,7 +135,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
     )
-    train_texts, train_y, _ = dataset.part("train")
+    train_texts, train_y, train_ratings = dataset.part("train")
     val_texts, val_y, _ = dataset.part("validation")
     enc = tokenizer(train_texts, truncation=True, max_length=cfg.max_length)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
@@ -127,6 +144,8 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
     weights = (counts.sum() / counts) ** cfg.class_weight_power
     weights = weights / (weights * counts).sum() * counts.sum()
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    targets = torch.as_tensor(soft_targets(train_ratings, len(labels), cfg.soft_label_mix,
+                                           cfg.soft_label_sigma, train_y))
 
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
@@ -158,7 +177,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
                 return_tensors="pt",
             )
             logits = model(**features).logits
-            loss = loss_fn(logits, torch.as_tensor(train_y[idx]))
+            loss = loss_fn(logits, targets[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -210,6 +210,19 @@ def schema_cmd() -> None:
     typer.echo(dump_schemas(), nl=False)
 
 
+# -- commands that live outside the runtime (imported only when run) ------------------------
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command("export", context_settings=_PASSTHROUGH)
+def export_cmd(ctx: typer.Context) -> None:
+    """Train, export and evaluate model bundles (needs the export extra). See `export --help`."""
+    from export.cli import app as export_app
+
+    code = export_app(args=ctx.args, standalone_mode=False, prog_name="sentistream export")
+    raise typer.Exit(code if isinstance(code, int) else 0)
+
+
 # -- entry point -----------------------------------------------------------------------------
 def _one_line(exc: ValidationError) -> str:
     first = exc.errors()[0]

@@ -1,0 +1,141 @@
+"""int8 quantization of an fp32 bundle, and the gate that accepts or refuses it.
+
+Methods (``--method``), all onnxruntime quantization:
+- ``dynamic``: MatMul weights int8 (per-tensor), activations quantized at run time; the
+  textbook recipe, which on MiniLM drifts too far (see README "Quantization").
+- ``dynamic-per-channel``: the same with per-output-channel weight scales.
+- ``dynamic-per-channel-fp32-ffn-out`` (default): per-channel, and the feed-forward output
+  projections kept in fp32: they see the activation outliers that int8 cannot hold.
+- ``static``: QDQ with activation ranges calibrated on training sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import QuantizationGateError
+from export.metrics import classification_figures
+from export.onnx_export import write_manifest
+from worker.bundle import MANIFEST, Bundle
+
+METHODS = ("dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out", "static")
+DEFAULT_METHOD = "dynamic-per-channel-fp32-ffn-out"
+
+# Gate (issue "export"): against the bundle's own fp32 export, on the same sentences.
+MIN_AGREEMENT = 0.99
+MAX_ACCURACY_DROP = 0.01
+MAX_MACRO_F1_DROP = 0.015
+
+
+def _matmul_nodes(model_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+
+
+def ffn_output_nodes(model_path: Path) -> list[str]:
+    """The second dense layer of each feed-forward block (BERT ``output.dense``, DistilBERT
+    ``ffn.lin2``), excluding the attention output projection."""
+    pattern = re.compile(r"(layer\.\d+/output/dense|ffn/lin2)/(MatMul|Gemm)")
+    return [n for n in _matmul_nodes(model_path) if pattern.search(n)]
+
+
+class _Calibration:
+    """Feeds tokenized calibration sentences, one batch at a time (onnxruntime's reader API)."""
+
+    def __init__(self, bundle: Bundle, texts: list[str], batch_size: int = 16) -> None:
+        texts = sorted(texts, key=len)
+        self.feeds = iter([bundle.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
+             calibration_texts: list[str] | None = None) -> Path:
+    """Write an int8 bundle (same tokenizer and labels) to ``out_dir``."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose from {', '.join(METHODS)}")
+    src = fp32_dir / "model.onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fp32_dir / "tokenizer.json", out_dir / "tokenizer.json")
+    target = out_dir / "model.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        if method == "static":
+            if not calibration_texts:
+                raise ValueError("static quantization needs calibration sentences")
+            reader = _Calibration(Bundle(fp32_dir, threads=2), calibration_texts)
+            quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                            calibrate_method=CalibrationMethod.Percentile,
+                            extra_options={"CalibPercentile": 99.99,
+                                           "CalibTensorRangeSymmetric": False})
+        else:
+            exclude = ffn_output_nodes(prepared) if method.endswith("fp32-ffn-out") else []
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8,
+                             per_channel=method != "dynamic", nodes_to_exclude=exclude,
+                             op_types_to_quantize=["MatMul"])
+    manifest = json.loads((fp32_dir / MANIFEST).read_text())
+    manifest.pop("parity", None)
+    manifest["precision"] = "int8"
+    manifest["quantization"] = {"method": method, "tool": "onnxruntime.quantization"}
+    write_manifest(out_dir, manifest)
+    return out_dir
+
+
+def batched_logits(bundle: Bundle, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Logits in input order, computed over length-sorted batches."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)
+    for i in range(0, len(texts), batch_size):
+        idx = order[i : i + batch_size]
+        out[idx] = bundle.logits([texts[j] for j in idx])
+    return out
+
+
+def gate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray | None) -> dict:
+    """Compare int8 with fp32 on ``texts``; raise :class:`QuantizationGateError` if it drifts.
+
+    Label agreement is always checked; accuracy and macro-F1 drops when ``labels`` are given.
+    """
+    fp32 = batched_logits(Bundle(fp32_dir, threads=2), texts)
+    int8 = batched_logits(Bundle(int8_dir, threads=2), texts)
+    agreement = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    figures = {"sentences": len(texts), "label_agreement": round(agreement, 4),
+               "max_abs_logit_diff": round(float(np.abs(fp32 - int8).max()), 4)}
+    failed = []
+    if agreement < MIN_AGREEMENT:
+        failed.append(f"labels agree with fp32 on {agreement:.1%} of sentences (need ≥ {MIN_AGREEMENT:.0%})")
+    if labels is not None:
+        f32 = classification_figures(labels, fp32.argmax(1), fp32.shape[1])
+        i8 = classification_figures(labels, int8.argmax(1), int8.shape[1])
+        figures.update({
+            "fp32_accuracy": round(f32["accuracy"], 4), "int8_accuracy": round(i8["accuracy"], 4),
+            "fp32_macro_f1": round(f32["macro_f1"], 4), "int8_macro_f1": round(i8["macro_f1"], 4),
+        })
+        if f32["accuracy"] - i8["accuracy"] > MAX_ACCURACY_DROP:
+            failed.append(f"accuracy drops {f32['accuracy'] - i8['accuracy']:.3f} (limit {MAX_ACCURACY_DROP})")
+        if f32["macro_f1"] - i8["macro_f1"] > MAX_MACRO_F1_DROP:
+            failed.append(f"macro-F1 drops {f32['macro_f1'] - i8['macro_f1']:.3f} (limit {MAX_MACRO_F1_DROP})")
+    if failed:
+        raise QuantizationGateError(figures, failed)
+    return figures

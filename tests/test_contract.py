@@ -1,0 +1,107 @@
+import json
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.contract import (
+    HEADER_PREFIX,
+    Reason,
+    Rejection,
+    dead_letter_headers,
+    decode,
+    dump_schemas,
+    result_headers,
+    to_sentences,
+)
+from worker.contract import ModelRef
+
+
+@dataclass
+class Rec:
+    value: bytes | None
+    topic: str = "sentences"
+    partition: int = 2
+    offset: int = 41
+    timestamp: int = 0
+    key: bytes | None = None
+    headers: list = field(default_factory=list)
+
+
+LIMIT = 1024
+
+
+def reason(value: bytes | None) -> Reason | None:
+    out = decode(Rec(value), LIMIT)
+    return out.reason if isinstance(out, Rejection) else None
+
+
+def test_json_object_with_id_and_extras() -> None:
+    out = decode(Rec(json.dumps({"id": "r42-s3", "text": "The acting is superb.", "lang": "en"}).encode()), LIMIT)
+    assert out == ("r42-s3", "The acting is superb.", {"lang": "en"})
+
+
+def test_numeric_id_becomes_a_string_and_missing_id_is_derived() -> None:
+    assert decode(Rec(b'{"id": 7, "text": "ok"}'), LIMIT)[0] == "7"
+    assert decode(Rec(b'{"text": "ok"}'), LIMIT)[0] == "sentences/2/41"
+
+
+def test_plain_text_is_the_whole_value() -> None:
+    assert decode(Rec("Très bien, ça marche.".encode()), LIMIT) == ("sentences/2/41", "Très bien, ça marche.", {})
+
+
+def test_each_bad_input_has_its_reason() -> None:
+    assert reason(b"\xff\xfe oops") is Reason.INVALID_UTF8
+    assert reason(b"{not json") is Reason.INVALID_JSON
+    assert reason(b'{"id": "x"}') is Reason.MISSING_TEXT
+    assert reason(b'{"text": 5}') is Reason.INVALID_FIELD
+    assert reason(b'{"text": "   "}') is Reason.EMPTY_TEXT
+    assert reason(b"   ") is Reason.EMPTY_TEXT
+    assert reason(None) is Reason.EMPTY_TEXT
+    assert reason(b"x" * (LIMIT + 1)) is Reason.TOO_LARGE
+    assert reason(b"x" * LIMIT) is None
+
+
+def test_splitting_gives_ordered_sentences_with_doc_id() -> None:
+    from worker.splitting import make_splitter
+
+    record = Rec(b"")
+    sentences = to_sentences(record, ("doc1", "Great cast. Dull plot! Would I watch it again? No.", {}),
+                             make_splitter())
+    assert [s.text for s in sentences] == ["Great cast.", "Dull plot!", "Would I watch it again?", "No."]
+    assert [(s.id, s.doc_id, s.sentence_index) for s in sentences][:2] == [("doc1#0", "doc1", 0),
+                                                                          ("doc1#1", "doc1", 1)]
+
+
+def test_headers_carry_the_users_and_add_ours() -> None:
+    record = Rec(b"x", headers=[("trace", b"abc"), (f"{HEADER_PREFIX}model", b"old")])
+    headers = dict(result_headers(record, ModelRef(name="m", version="1")))
+    assert headers["trace"] == b"abc" and headers[f"{HEADER_PREFIX}model"] == b"m:1"
+    dlq = dict(dead_letter_headers(Rejection(record, Reason.TOO_LARGE, "big")))
+    assert dlq[f"{HEADER_PREFIX}dlq-reason"] == b"too_large"
+    assert dlq[f"{HEADER_PREFIX}source-offset"] == b"41" and dlq["trace"] == b"abc"
+
+
+def test_published_schema_is_current() -> None:
+    from pathlib import Path
+
+    published = Path(__file__).parents[1] / "worker" / "schemas" / "contract.schema.json"
+    assert published.read_text() == dump_schemas(), "run: sentistream schema > worker/schemas/contract.schema.json"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=2048),
+    st.text(max_size=300).map(str.encode),
+    st.dictionaries(st.sampled_from(["id", "text", "meta", "x"]),
+                    st.one_of(st.none(), st.integers(), st.text(max_size=40), st.lists(st.integers())),
+                    max_size=4).map(lambda d: json.dumps(d).encode()),
+))
+def test_decoder_never_raises(value: bytes) -> None:
+    out = decode(Rec(value), LIMIT)
+    if isinstance(out, Rejection):
+        assert isinstance(out.reason, Reason) and out.detail
+        dead_letter_headers(out)  # and its headers can be built
+    else:
+        msg_id, text, meta = out
+        assert isinstance(msg_id, str) and text.strip() and isinstance(meta, dict)

@@ -1,0 +1,186 @@
+"""The worker on the real broker: nothing lost, bad input dead-lettered, clean stops, metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import defaultdict
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.workers import WorkerProcess, collect, json_items, produce
+from worker import kafka_clients
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def topics(settings_for):
+    def make(**overrides):
+        s = settings_for(**overrides)
+        admin = kafka_clients.admin(s, s.bootstrap_servers)
+        kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+        admin.close()
+        return s
+
+    return make
+
+
+def _ids(records) -> list[str]:
+    return [json.loads(r.value)["id"] for r in records]
+
+
+def test_every_input_accounted_for_in_order_per_key(topics, tmp_path) -> None:
+    s = topics()
+    items = json_items(300, keys=6)
+    bad = [(b"bad", b"\xff\xfe"), (b"bad", b"{nope"), (b"bad", b'{"id": "x"}'), (b"bad", b'{"text": ""}')]
+    produce(s.bootstrap_servers, s.input_topic, items + bad, headers=[("trace", b"t-1")])
+    w = WorkerProcess(s).start(tmp_path)
+    try:
+        w.wait_ready()
+        out = collect(s.bootstrap_servers, [s.output_topic], 300)
+        dlq = collect(s.bootstrap_servers, [s.dlq_topic], 4)
+        assert sorted(_ids(out)) == sorted(f"m{i}" for i in range(300))
+        by_key = defaultdict(list)
+        for r in sorted(out, key=lambda r: (r.partition, r.offset)):
+            by_key[r.key].append(int(json.loads(r.value)["id"][1:]))
+        assert all(v == sorted(v) for v in by_key.values()), "results out of order within a key"
+        first = json.loads(out[0].value)
+        assert first["model"]["name"] and first["label"] in first["scores"]
+        assert dict(out[0].headers)["trace"] == b"t-1"
+        reasons = sorted(dict(r.headers)["sentistream-dlq-reason"].decode() for r in dlq)
+        assert reasons == ["empty_text", "invalid_json", "invalid_utf8", "missing_text"]
+        # metrics: counters say what happened; lag drops to 0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and w.metric("sentistream_consumer_lag") != 0:
+            time.sleep(0.5)
+        assert w.metric("sentistream_messages_consumed_total") == 304
+        assert w.metric("sentistream_messages_classified_total") == 300
+        assert w.metric("sentistream_messages_dead_lettered_total") == 4
+        assert w.metric("sentistream_end_to_end_seconds_count") == 300
+        assert w.metric("sentistream_consumer_lag") == 0
+        assert w.get("/healthz")[0] == 200
+    finally:
+        assert w.stop() == 0, w.log()
+
+
+def test_oversized_and_megabyte_records_go_to_the_dead_letter_topic(topics, tmp_path) -> None:
+    s = topics()
+    big = b"a" * 1_000_000
+    produce(s.bootstrap_servers, s.input_topic, [(b"k", b"x" * 70_000), (b"k", big), (b"k", b"fine text")])
+    w = WorkerProcess(s).start(tmp_path)
+    try:
+        w.wait_ready()
+        dlq = collect(s.bootstrap_servers, [s.dlq_topic], 2)
+        out = collect(s.bootstrap_servers, [s.output_topic], 1)
+    finally:
+        assert w.stop() == 0, w.log()
+    assert [dict(r.headers)["sentistream-dlq-reason"] for r in dlq] == [b"too_large", b"too_large"]
+    assert [len(r.value) for r in dlq] == [70_000, 1_000_000]  # the original bytes, untouched
+    assert dict(dlq[1].headers)["sentistream-source-offset"] == b"1"
+    assert _ids(out) == [f"{s.input_topic}/{out[0].partition}/2"]
+
+
+def test_sentence_splitting_publishes_one_result_per_sentence(topics, tmp_path) -> None:
+    s = topics()
+    review = json.dumps({"id": "rev1", "text": "Great cast. Dull plot! Would I watch it again? No."})
+    produce(s.bootstrap_servers, s.input_topic, [(b"rev1", review.encode())])
+    w = WorkerProcess(s, ["--split-sentences"]).start(tmp_path)
+    try:
+        w.wait_ready()
+        out = [json.loads(r.value) for r in collect(s.bootstrap_servers, [s.output_topic], 4)]
+    finally:
+        assert w.stop() == 0, w.log()
+    assert [(o["doc_id"], o["sentence_index"], o["text"]) for o in out] == [
+        ("rev1", 0, "Great cast."), ("rev1", 1, "Dull plot!"),
+        ("rev1", 2, "Would I watch it again?"), ("rev1", 3, "No."),
+    ]
+
+
+def _kill_repeatedly(s, tmp_path, args, kills: int, n: int) -> None:
+    """Start a worker, SIGKILL it once output is flowing, ``kills`` times; then let one finish."""
+    produce(s.bootstrap_servers, s.input_topic, json_items(n, keys=8))
+    probe = KafkaConsumer(s.output_topic, bootstrap_servers=s.bootstrap_servers,
+                          auto_offset_reset="earliest", group_id=None, isolation_level="read_uncommitted")
+    seen = 0
+    for _ in range(kills):
+        w = WorkerProcess(s, args).start(tmp_path)
+        w.wait_ready()
+        target = seen + 40
+        deadline = time.monotonic() + 60
+        while seen < target and time.monotonic() < deadline:
+            seen += sum(len(v) for v in probe.poll(timeout_ms=50).values())
+        w.kill()  # SIGKILL: no goodbye, no commit
+    probe.close()
+    last = WorkerProcess(s, args).start(tmp_path)
+    last.wait_ready()
+    return last
+
+
+def test_sigkill_loses_nothing_at_least_once(topics, tmp_path) -> None:
+    s = topics()
+    n = 1500
+    last = _kill_repeatedly(s, tmp_path, ["--batch-size", "16"], kills=3, n=n)
+    try:
+        out = collect(s.bootstrap_servers, [s.output_topic], n, timeout=120)
+        assert set(_ids(out)) == {f"m{i}" for i in range(n)}
+    finally:
+        assert last.stop() == 0, last.log()
+
+
+def test_sigkill_exactly_once_read_committed_sees_each_id_once(topics, tmp_path) -> None:
+    s = topics()
+    n = 1500
+    last = _kill_repeatedly(s, tmp_path, ["--batch-size", "16", "--delivery", "exactly-once"], kills=3, n=n)
+    try:
+        out = collect(s.bootstrap_servers, [s.output_topic], n, timeout=120)
+        ids = _ids(out)
+        assert len(ids) == n and set(ids) == {f"m{i}" for i in range(n)}
+    finally:
+        assert last.stop() == 0, last.log()
+
+
+def test_two_workers_one_stops_partitions_move_nothing_lost(topics, tmp_path) -> None:
+    s = topics()
+    a = WorkerProcess(s).start(tmp_path, "a")
+    b = WorkerProcess(s).start(tmp_path, "b")
+    a.wait_ready()
+    b.wait_ready()
+    produce(s.bootstrap_servers, s.input_topic, json_items(400, keys=8, prefix="x"))
+    time.sleep(1)
+    assert a.stop() == 0, a.log()  # its partitions move to b
+    produce(s.bootstrap_servers, s.input_topic, json_items(400, keys=8, prefix="y"))
+    try:
+        out = collect(s.bootstrap_servers, [s.output_topic], 800, timeout=120)
+        assert {f"x{i}" for i in range(400)} | {f"y{i}" for i in range(400)} <= set(_ids(out))
+        assert b.metric("sentistream_assigned_partitions") == 4
+    finally:
+        assert b.stop() == 0, b.log()
+
+
+def test_sigterm_mid_batch_publishes_commits_and_exits_cleanly(topics, tmp_path) -> None:
+    s = topics(partitions=2)
+    produce(s.bootstrap_servers, s.input_topic, json_items(3000, keys=4))
+    w = WorkerProcess(s, ["--batch-size", "64", "--max-wait-ms", "500"]).start(tmp_path)
+    w.wait_ready()
+    probe = KafkaConsumer(s.output_topic, bootstrap_servers=s.bootstrap_servers,
+                          auto_offset_reset="earliest", group_id=None)
+    deadline = time.monotonic() + 60
+    while not probe.poll(timeout_ms=50) and time.monotonic() < deadline:
+        pass
+    probe.close()
+    assert w.stop(signal.SIGTERM) == 0, w.log()
+    out = collect(s.bootstrap_servers, [s.output_topic], 1, timeout=10)
+    done = defaultdict(set)
+    for r in out:
+        src = json.loads(r.value)["source"]
+        done[src["partition"]].add(src["offset"])
+    checker = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=s.group_id)
+    for p in range(2):
+        committed = checker.committed(TopicPartition(s.input_topic, p)) or 0
+        # everything below the committed offset was published, and nothing beyond it
+        assert done[p] == set(range(committed)), f"partition {p}: committed {committed}"
+    checker.close()
+    assert out, "nothing was published before the stop"

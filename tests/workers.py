@@ -1,0 +1,116 @@
+"""Helpers for tests that run real worker processes against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from worker.local_kafka import free_port
+from worker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    log_path: Path | None = None
+
+    def start(self, log_dir: Path, name: str = "w") -> WorkerProcess:
+        s = self.settings
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "worker", "worker",
+               "--bootstrap", s.bootstrap_servers, "--group", s.group_id,
+               "--input-topic", s.input_topic, "--output-topic", s.output_topic,
+               "--dlq-topic", s.dlq_topic, "--metrics-port", str(self.port), *self.args]
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SENTISTREAM_HOME": str(s.home)}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log_path.open("wb"),
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"worker exited early:\n{self.log()}"
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout} s:\n{self.log()}")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = self.get("/metrics")[1]
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + (labels or "")) and (labels or line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]], headers=None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+    for key, value in items:
+        producer.send(topic, key=key, value=value, headers=headers or [])
+    producer.flush()
+    producer.close()
+
+
+def json_items(n: int, keys: int = 5, prefix: str = "m") -> list[tuple[bytes, bytes]]:
+    texts = ["The acting is superb.", "A dull, lifeless film.", "It is a movie.",
+             "Not bad at all, though the ending drags.", "An instant classic!"]
+    return [(f"k{i % keys}".encode(), json.dumps({"id": f"{prefix}{i}", "text": texts[i % len(texts)]}).encode())
+            for i in range(n)]
+
+
+def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 90,
+            isolation: str = "read_committed") -> list:
+    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, isolation_level=isolation, group_id=None)
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=300).values():
+            got.extend(records)
+    # a little longer, to see duplicates or strays that should not be there
+    settle = time.monotonic() + 1.0
+    while time.monotonic() < settle:
+        for records in consumer.poll(timeout_ms=200).values():
+            got.extend(records)
+    consumer.close()
+    return got
