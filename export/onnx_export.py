@@ -74,12 +74,19 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> None:
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, *, name: str | None = None,
                       version: str = "1.0.0", max_length: int | None = None,
-                      sentences: list[str] | None = None, extra: dict | None = None) -> Exported:
-    """Write an fp32 bundle to ``out_dir`` and validate it against PyTorch."""
+                      sentences: list[str] | None = None, extra: dict | None = None,
+                      transform=None) -> Exported:
+    """Write an fp32 bundle to ``out_dir`` and validate it against PyTorch.
+
+    ``transform(model, tokenizer)`` may rewrite the model first (e.g. smoothing before int8);
+    parity is then checked against the transformed PyTorch model.
+    """
     import onnxruntime
     import torch
 
     model, tokenizer = load_checkpoint(checkpoint)
+    if transform is not None:
+        transform(model, tokenizer)
     input_names = [n for n in tokenizer.model_input_names
                    if n in ("input_ids", "attention_mask", "token_type_ids")]
     max_length = max_length or min(int(tokenizer.model_max_length or 512), 512)

@@ -202,6 +202,20 @@ def _ensure_topics(settings: Settings) -> None:
         client.close()
 
 
+@app.command("demo")
+def demo_cmd(
+    bootstrap: BootstrapOpt = None,
+    bundle: Annotated[Path | None, typer.Option(help="model bundle dir; default: the shipped one")] = None,
+) -> None:
+    """End to end: broker (started if none), topics, 2 workers, a review, results, figures."""
+    from rich.console import Console
+
+    from worker.demo import run_demo
+
+    settings = make_settings(bootstrap=bootstrap, bundle=bundle, metrics_port=0)
+    raise typer.Exit(run_demo(settings, Console()))
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of input and output records."""

@@ -1,0 +1,172 @@
+"""``sentistream demo``: broker (started if none), topics, 2 workers, a review, a table, figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from worker import kafka_clients
+from worker.local_kafka import LocalCluster, free_port
+from worker.scrape import quantile, scrape
+from worker.settings import Settings
+
+REVIEW = (
+    "The first act is sharp, funny and surprisingly tender. "
+    "The middle drags badly, and the villain is a cardboard cutout. "
+    "The soundtrack is fine. "
+    "By the end I was moved to tears: a small masterpiece. "
+    "Still, I would not watch it twice."
+)
+BURST = 2000
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the workers exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if scrape(url).total("sentistream_worker_ready") >= 2:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"the workers were not ready in {timeout:.0f} s")
+
+
+def _collect(consumer, want: set[str], timeout: float = 60) -> dict[str, dict]:
+    got: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while not want <= got.keys() and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            for r in records:
+                result = json.loads(r.value)
+                if result["id"] in want:
+                    got[result["id"]] = result
+    return got
+
+
+def _table(title: str, rows: list[dict], labels: list[str]) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("id", style="dim")
+    table.add_column("sentence", max_width=58)
+    table.add_column("label", style="bold")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for r in rows:
+        table.add_row(r["id"], r["text"], r["label"],
+                      *(f"{r['scores'][lab]:.2f}" for lab in labels))
+    return table
+
+
+def run_demo(settings: Settings, console: Console) -> int:
+    cluster = admin = None
+    demo_topics: list[str] = []
+    if not settings.bootstrap_servers and LocalCluster(settings.home).state() is None:
+        console.print("No Kafka configured: starting a local Apache Kafka (KRaft)…")
+        cluster = LocalCluster(settings.home)
+        state = cluster.up(nodes=1, port=0)
+        console.print(f"  broker {state.kafka_version} up at {state.bootstrap}")
+    workers = None
+    try:
+        bootstrap = kafka_clients.resolve_bootstrap(settings)
+        run = uuid.uuid4().hex[:6]
+        # Topics of its own, removed at the end: the demo never touches a user's data.
+        settings = settings.model_copy(update={
+            "bootstrap_servers": bootstrap, "group_id": f"demo-{run}",
+            "input_topic": f"demo-{run}.sentences", "output_topic": f"demo-{run}.sentences.labeled",
+            "dlq_topic": f"demo-{run}.sentences.dlq", "partitions": 4})
+        admin = kafka_clients.admin(settings, bootstrap)
+        kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(settings))
+        demo_topics = list(kafka_clients.topic_specs(settings))
+        port = settings.metrics_port or free_port()
+        url = f"http://127.0.0.1:{port}/metrics"
+        cmd = [sys.executable, "-m", "worker", "worker", "--bootstrap", bootstrap, "--group",
+               settings.group_id, "--processes", "2", "--split-sentences", "--metrics-port", str(port),
+               "--input-topic", settings.input_topic, "--output-topic", settings.output_topic,
+               "--dlq-topic", settings.dlq_topic, "--log-level", "ERROR"]
+        if settings.bundle:
+            cmd += ["--bundle", str(settings.bundle)]
+        console.print("Starting 2 worker processes (one consumer group)…")
+        workers = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _wait_ready(url, workers)
+
+        consumer = kafka_clients.consumer(settings, bootstrap, group_id=None, auto_offset_reset="latest")
+        consumer.subscribe([settings.output_topic])
+        while not consumer.assignment():
+            consumer.poll(timeout_ms=100)
+        for tp in consumer.assignment():
+            consumer.position(tp)  # pin "latest" before we send
+        producer = kafka_clients.producer(settings, bootstrap)
+        doc = f"review-{run}"
+        producer.send(settings.input_topic, key=doc.encode(),
+                      value=json.dumps({"id": doc, "text": REVIEW}).encode())
+        from worker.splitting import make_splitter
+
+        sentences = [s.strip() for s in make_splitter()(REVIEW)]
+        ids = [f"{doc}-s{i}" for i in range(len(sentences))]
+        for sid, text in zip(ids, sentences, strict=True):
+            producer.send(settings.input_topic, key=doc.encode(), value=json.dumps({"id": sid, "text": text}).encode())
+        producer.flush()
+        # With splitting on, a one-sentence message gives one result with id "<id>#0".
+        want = {f"{doc}#{i}" for i in range(len(sentences))} | {f"{i}#0" for i in ids}
+        got = _collect(consumer, want)
+        labels = list(next(iter(got.values()))["scores"]) if got else []
+        whole = sorted((r for r in got.values() if r.get("doc_id") == doc), key=lambda r: r["sentence_index"])
+        single = [got[f"{i}#0"] for i in ids if f"{i}#0" in got]
+        console.print(_table("One message, split into sentences by the worker", whole, labels))
+        console.print(_table("The same sentences, one message each", single, labels))
+        if len(got) < len(want):
+            console.print(f"[red]missing {len(want) - len(got)} result(s)[/red]")
+            return 1
+
+        console.print(f"Throughput: sending {BURST} sentences…")
+        before = scrape(url)
+        started = time.monotonic()
+        for i in range(BURST):
+            text = sentences[i % len(sentences)]
+            producer.send(settings.input_topic, key=str(i % 16).encode(),
+                          value=json.dumps({"id": f"burst-{run}-{i}", "text": text}).encode())
+        producer.flush()
+        target = before.total("sentistream_messages_classified_total") + BURST
+        while scrape(url).total("sentistream_messages_classified_total") < target:
+            if time.monotonic() - started > 120:
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        after = scrape(url)
+        done = after.total("sentistream_messages_classified_total") - before.total("sentistream_messages_classified_total")
+        e2e = after.buckets("sentistream_end_to_end_seconds")
+        prior = before.buckets("sentistream_end_to_end_seconds")
+        p50, p99 = quantile(e2e, 0.5, prior), quantile(e2e, 0.99, prior)
+        console.print(f"  {done:.0f} classified in {elapsed:.2f} s = [bold]{done / elapsed:.0f} messages/s[/bold] "
+                      f"(2 processes × 1 thread; includes producing the burst)")
+        if p50 is not None:
+            console.print(f"  end-to-end latency under this burst (record timestamp → result acked): "
+                          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (from the histogram)")
+        producer.close()
+        consumer.close()
+        return 0
+    finally:
+        if workers is not None and workers.poll() is None:
+            console.print("Stopping the workers (SIGTERM: finish batch, commit, leave group)…")
+            workers.send_signal(signal.SIGTERM)
+            workers.wait(90)
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.delete_topics(demo_topics)
+            admin.close()
+        if cluster is not None:
+            cluster.down()
+            console.print("Local broker stopped.")
+
+
+__all__ = ["Path", "run_demo"]
