@@ -105,7 +105,7 @@ def train_cmd(
     """Reproduce the default model: data, fine-tune, export, quantize, evaluate, report."""
     _require_export_extra()
     from export import data as data_mod
-    from export import evaluate, train
+    from export import train
 
     dataset = data_mod.load(data_mod.default_cache_dir())
     work = out.with_name(out.name + "-work")

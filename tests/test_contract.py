@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from worker.contract import (
     HEADER_PREFIX,
+    ModelRef,
     Reason,
     Rejection,
     dead_letter_headers,
@@ -14,7 +15,6 @@ from worker.contract import (
     result_headers,
     to_sentences,
 )
-from worker.contract import ModelRef
 
 
 @dataclass

@@ -216,6 +216,43 @@ def demo_cmd(
     raise typer.Exit(run_demo(settings, Console()))
 
 
+@app.command("produce")
+def produce_cmd(
+    file: Annotated[Path | None, typer.Argument(help="lines of text or JSON; default: stdin")] = None,
+    bootstrap: BootstrapOpt = None,
+    input_topic: Annotated[str | None, typer.Option(help="default: sentences")] = None,
+) -> None:
+    """Send a file (or stdin), one message per line, to the input topic."""
+    import sys
+
+    from worker.feed import produce_lines
+
+    settings = make_settings(bootstrap=bootstrap, input_topic=input_topic)
+    if file is not None and not file.exists():
+        raise UserError(f"no such file: {file}")
+    with (file.open() if file else sys.stdin) as lines:
+        sent = produce_lines(settings, lines)
+    typer.echo(f"sent {sent} message(s) to {settings.input_topic}", err=True)
+
+
+@app.command("consume")
+def consume_cmd(
+    bootstrap: BootstrapOpt = None,
+    output_topic: Annotated[str | None, typer.Option(help="default: sentences.labeled")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep waiting for results")] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="JSON lines instead of pretty")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest result")] = True,
+    limit: Annotated[int | None, typer.Option(min=1, help="stop after this many")] = None,
+) -> None:
+    """Print results from the output topic."""
+    from rich.console import Console
+
+    from worker.feed import consume_results
+
+    settings = make_settings(bootstrap=bootstrap, output_topic=output_topic)
+    consume_results(settings, follow, json_lines, from_beginning, limit, Console())
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of input and output records."""

@@ -9,6 +9,7 @@ nothing but these commits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,10 +43,8 @@ class DeliveryFailed(RuntimeError):
 def _wait(unit: Unit, timeout: float = 120.0) -> None:
     for f in unit.futures:
         if not f.is_done:
-            try:
+            with contextlib.suppress(KafkaError):  # reported by commit_done() via unit.failure()
                 f.get(timeout=timeout)
-            except KafkaError:
-                pass  # reported by commit_done() through unit.failure()
 
 
 def _commit_map(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:
