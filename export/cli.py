@@ -77,7 +77,7 @@ def onnx_cmd(
     model: Annotated[Path, typer.Option(help="Hugging Face checkpoint directory")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")],
     quantize: Annotated[str | None, typer.Option(help="int8")] = None,
-    method: Annotated[str, typer.Option(help="int8 method, see README")] = "dynamic-per-channel-fp32-ffn-out",
+    method: Annotated[str, typer.Option(help="int8 method, see README")] = "weight-only",
     name: Annotated[str | None, typer.Option(help="bundle name; default: checkpoint dir name")] = None,
     version: Annotated[str, typer.Option(help="bundle version")] = "1.0.0",
     max_length: Annotated[int | None, typer.Option(help="max tokens; default: the tokenizer's (≤ 512)")] = None,
@@ -122,7 +122,7 @@ def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: s
     from export import evaluate
     from export.onnx_export import write_manifest
 
-    build_bundle(checkpoint, out, quantize="int8", method="dynamic-per-channel-fp32-ffn-out",
+    build_bundle(checkpoint, out, quantize="int8", method="weight-only",
                  name="sst5-minilm", version=version, max_length=summary["config"]["max_length"],
                  extra={"training": summary})
     fp32 = evaluate.evaluate_bundle(out.with_name(out.name + "-fp32"), dataset)

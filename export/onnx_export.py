@@ -54,6 +54,9 @@ def load_checkpoint(checkpoint: Path):
         )
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load {checkpoint}: {str(exc).splitlines()[0]}") from exc
+    from export.pooling import apply_from_config
+
+    apply_from_config(model)
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"{checkpoint} has no fast tokenizer (tokenizer.json)")
     model.eval()

@@ -1,10 +1,13 @@
 """int8 quantization of an fp32 bundle, and the gate that accepts or refuses it.
 
 Methods (``--method``), all onnxruntime quantization:
+- ``weight-only`` (default): MatMul weights int8 in blocks of 32 (``MatMulNBits``, 8 bits) and
+  embedding tables int8 with one scale per row; activations stay fp32. The one method that
+  passes the gate on the default model (README "Quantization"); it buys size, not speed.
 - ``dynamic``: MatMul weights int8 (per-tensor), activations quantized at run time; the
   textbook recipe, which on MiniLM drifts too far (see README "Quantization").
 - ``dynamic-per-channel``: the same with per-output-channel weight scales.
-- ``dynamic-per-channel-fp32-ffn-out`` (default): per-channel, and the feed-forward output
+- ``dynamic-per-channel-fp32-ffn-out``: per-channel, and the feed-forward output
   projections kept in fp32: they see the activation outliers that int8 cannot hold.
 - ``static``: QDQ with activation ranges calibrated on training sentences.
 """
@@ -24,8 +27,9 @@ from export.metrics import classification_figures
 from export.onnx_export import write_manifest
 from worker.bundle import MANIFEST, Bundle
 
-METHODS = ("dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out", "static")
-DEFAULT_METHOD = "dynamic-per-channel-fp32-ffn-out"
+EMBEDDING_DTYPE = "int8"
+METHODS = ("weight-only", "dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out", "static")
+DEFAULT_METHOD = "weight-only"
 
 # Gate (issue "export"): against the bundle's own fp32 export, on the same sentences.
 MIN_AGREEMENT = 0.99
@@ -58,6 +62,71 @@ class _Calibration:
         return next(self.feeds, None)
 
 
+def quantize_embeddings_per_row(model, min_rows: int = 1024, dtype: str = "int8") -> int:
+    """Every Gather from a constant 2-D float table becomes: int8 rows, one fp32 scale per row.
+
+    ``Gather(table, ids)`` -> ``Cast(Gather(q_table, ids)) * Gather(scales, ids)``; symmetric,
+    so a row's largest value keeps full precision. Returns how many tables were rewritten.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    rewritten, nodes = 0, []
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if (table is None or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT
+                or table.dims[0] < min_rows):  # small tables (positions, segments) stay fp32
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis != 0:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table)
+        base = table.name
+        out, ids = node.output[0], node.input[1]
+        model.graph.initializer.remove(table)
+        inits.pop(base)
+        rewritten += 1
+        if dtype == "float16":
+            model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), base + "_f16"))
+            nodes += [
+                helper.make_node("Gather", [base + "_f16", ids], [out + "_h"], name=node.name + "_f16"),
+                helper.make_node("Cast", [out + "_h"], [out], to=onnx.TensorProto.FLOAT, name=node.name + "_cast"),
+            ]
+            continue
+        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8) / 127.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        model.graph.initializer.extend([numpy_helper.from_array(q, base + "_q8"),
+                                        numpy_helper.from_array(scale.astype(np.float32), base + "_scale")])
+        nodes += [
+            helper.make_node("Gather", [base + "_q8", ids], [out + "_q8"], name=node.name + "_q8"),
+            helper.make_node("Cast", [out + "_q8"], [out + "_f"], to=onnx.TensorProto.FLOAT, name=node.name + "_cast"),
+            helper.make_node("Gather", [base + "_scale", ids], [out + "_s"], name=node.name + "_scale"),
+            helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=node.name + "_dequant"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+def _weight_only(prepared: Path, target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    cfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=1, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=8, block_size=32, is_symmetric=True,
+                                     accuracy_level=1, algo_config=cfg)
+    quantizer.process()
+    model = quantizer.model.model
+    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
+    onnx.save(model, str(target))
+
+
 def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
              calibration_texts: list[str] | None = None) -> Path:
     """Write an int8 bundle (same tokenizer and labels) to ``out_dir``."""
@@ -79,16 +148,16 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        if method == "static":
+        if method == "weight-only":
+            _weight_only(prepared, target)
+        elif method == "static":
             if not calibration_texts:
                 raise ValueError("static quantization needs calibration sentences")
             reader = _Calibration(Bundle(fp32_dir, threads=2), calibration_texts)
             quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                            calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"CalibPercentile": 99.99,
-                                           "CalibTensorRangeSymmetric": False})
+                            calibrate_method=CalibrationMethod.MinMax)
         else:
             exclude = ffn_output_nodes(prepared) if method.endswith("fp32-ffn-out") else []
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8,

@@ -38,6 +38,7 @@ class TrainConfig:
     soft_label_sigma: float = 0.1  # width of that target on the [0, 1] rating scale
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    pooling: str = "mean"  # "mean" over tokens (how the encoder was trained) or "cls"
 
 
 def default_base_model() -> str:
@@ -135,6 +136,10 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
     )
+    if cfg.pooling == "mean":
+        from export.pooling import use_mean_pooling
+
+        use_mean_pooling(model)
     train_texts, train_y, train_ratings = dataset.part("train")
     val_texts, val_y, _ = dataset.part("validation")
     enc = tokenizer(train_texts, truncation=True, max_length=cfg.max_length)

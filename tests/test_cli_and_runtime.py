@@ -1,0 +1,65 @@
+"""The runtime stays lean; the CLI answers a bad argument with one plain line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from worker.settings import Settings
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "worker", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_runtime_never_imports_torch_or_transformers() -> None:
+    code = ("import sys, worker.cli, worker.loop, worker.bundle, worker.supervisor, worker.demo, worker.feed;"
+            "from worker.bundle import Bundle, default_bundle_path; Bundle(default_bundle_path()).classify(['ok']);"
+            "bad = [m for m in ('torch', 'transformers', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["worker", "--batch-size", "0"], "invalid setting batch_size"),
+    (["worker", "--delivery", "twice"], "invalid setting delivery"),
+    (["worker", "--bundle", "/nonexistent"], "does not exist"),
+    (["brokr"], "No such command"),
+    (["broker", "up", "--nodes", "0"], "--nodes"),
+    (["produce", "/nonexistent.txt", "--bootstrap", "127.0.0.1:1"], "no such file"),
+])
+def test_bad_arguments_print_one_plain_line(args, needle) -> None:
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_broker_configured_is_one_line(tmp_path) -> None:
+    result = _run("topics", "create", env={"SENTISTREAM_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "",
+                                           "SENTISTREAM_BOOTSTRAP_SERVERS": ""})
+    assert result.returncode == 2 and "no Kafka configured" in result.stderr
+
+
+def test_settings_from_env_and_secrets_not_in_public_view(monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("SENTISTREAM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("SENTISTREAM_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("SENTISTREAM_SASL_USERNAME", "svc")
+    monkeypatch.setenv("SENTISTREAM_SASL_PASSWORD", "hunter2")
+    s = Settings()
+    assert s.bootstrap_servers == "k1:9092,k2:9092"
+    cfg = s.kafka_client_config(s.bootstrap_servers)
+    assert cfg["bootstrap_servers"] == ["k1:9092", "k2:9092"] and cfg["sasl_plain_password"] == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.public_view())
+
+
+def test_sasl_without_credentials_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs sasl_mechanism"):
+        Settings(security_protocol="SASL_PLAINTEXT")
