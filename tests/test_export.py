@@ -83,7 +83,7 @@ def test_loader_refuses_wrong_inputs(exported, tmp_path) -> None:
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["inputs"] = ["input_ids", "attention_mask", "token_type_ids"]
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="takes inputs"):
+    with pytest.raises(BundleError, match=r"takes inputs"):
         Bundle(bad)
 
 
@@ -124,7 +124,7 @@ def test_quantize_writes_a_smaller_int8_bundle(exported, tmp_path, method) -> No
 
 
 def test_bad_checkpoint_is_a_typed_error(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         onnx_export.export_checkpoint(tmp_path, tmp_path / "out")
 
 

@@ -274,6 +274,27 @@ def export_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(code if isinstance(code, int) else 0)
 
 
+@app.command("bench")
+def bench_cmd(
+    bootstrap: BootstrapOpt = None,
+    n: Annotated[int, typer.Option("-n", min=100, help="sentences per measurement")] = 4000,
+    quick: Annotated[bool, typer.Option(help="fewer rows and sentences (< 2 min)")] = False,
+    fp32_bundle: Annotated[Path | None, typer.Option(help="an fp32 bundle to compare (export train writes one)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="PyTorch checkpoint for the naive peer")] = None,
+    out: Annotated[Path, typer.Option(help="where bench.md and bench.png go")] = Path("out/bench"),
+) -> None:
+    """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra)."""
+    from rich.console import Console
+
+    from bench.run import run
+
+    if fp32_bundle is not None and not fp32_bundle.exists():
+        raise UserError(f"no bundle at {fp32_bundle}")
+    settings = make_settings(bootstrap=bootstrap)
+    console = Console()
+    console.print(run(settings, 1000 if quick else n, quick, fp32_bundle, checkpoint, out, console))
+
+
 # -- entry point -----------------------------------------------------------------------------
 def _one_line(exc: ValidationError) -> str:
     first = exc.errors()[0]

