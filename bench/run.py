@@ -192,8 +192,8 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
             producer.send(topics.settings.input_topic, key=str(i % 64).encode(),
                           value=json.dumps({"id": f"l{i}", "text": texts[i % len(texts)]}).encode())
         producer.flush()
-        _wait_counter(url, "sentistream_messages_classified_total", before.total("sentistream_messages_classified_total") + n,
-                      120, proc)
+        name = "sentistream_messages_classified_total"
+        _wait_counter(url, name, before.total(name) + n, 120, proc)
         time.sleep(0.5)
         after = scrape(url)
         b, a = before.buckets("sentistream_end_to_end_seconds"), after.buckets("sentistream_end_to_end_seconds")
@@ -300,7 +300,8 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             progress.advance(task)
             step("worker 1 process × 1 thread")
             r, info = worker_throughput(settings, bootstrap, int8, texts, 1, 1, 32, 4)
-            rows.append(Row("sentistream worker, int8, 1 process × 1 thread", r, "" if info["accounted"] else "MISSING OUTPUT"))
+            note = "" if info["accounted"] else "MISSING OUTPUT"
+            rows.append(Row("sentistream worker, int8, 1 process × 1 thread", r, note))
             progress.advance(task)
             if not quick:
                 step("bare onnxruntime int8, 2 threads")

@@ -92,12 +92,14 @@ def onnx_cmd(
 
 @app.command("train")
 def train_cmd(
-    out: Annotated[Path, typer.Option(help="bundle directory to write")] = Path("out/sst5-minilm"),
+    out: Annotated[Path, typer.Option(help="bundle directory to write")] = Path("worker/models/sst5-minilm"),
+    work_dir: Annotated[Path, typer.Option(help="checkpoint and training summary")] = Path("out/train"),
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_length: Annotated[int, typer.Option(min=8)] = 64,
     soft_label_mix: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+    pooling: Annotated[str, typer.Option(help="mean or cls")] = "mean",
     class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
     version: Annotated[str, typer.Option()] = "1.0.0",
@@ -108,13 +110,13 @@ def train_cmd(
     from export import train
 
     dataset = data_mod.load(data_mod.default_cache_dir())
-    work = out.with_name(out.name + "-work")
-    cfg = train.TrainConfig(base_model=train.default_base_model(), out_dir=work, epochs=epochs,
+
+    cfg = train.TrainConfig(base_model=train.default_base_model(), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-                            soft_label_mix=soft_label_mix, class_weight_power=class_weight_power,
+                            soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
                             threads=threads)
     summary = train.train(cfg, dataset)
-    finish_default_bundle(work / "checkpoint", out, summary, version, dataset)
+    finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset)
     typer.echo((out / "REPORT.md").read_text())
 
 

@@ -1,0 +1,45 @@
+"""`sentistream broker up/down/status` as a user runs them (a second broker, on its own home)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+
+def _cli(home, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "SENTISTREAM_BOOTSTRAP_SERVERS")}
+    env["SENTISTREAM_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "worker", "broker", *args], capture_output=True, text=True,
+                          env=env, timeout=180)
+
+
+def test_up_down_twice_and_a_second_up_says_so(tmp_path) -> None:
+    for _ in range(2):
+        up = _cli(tmp_path, "up", "--port", "0")
+        assert up.returncode == 0, up.stderr
+        assert "is up at 127.0.0.1:" in up.stdout
+        again = _cli(tmp_path, "up", "--port", "0")
+        assert again.returncode == 2 and "already running" in again.stderr
+        status = _cli(tmp_path, "status")
+        assert status.returncode == 0 and "1/1 broker(s) answering" in status.stdout
+        down = _cli(tmp_path, "down")
+        assert down.returncode == 0 and "stopped" in down.stdout
+    status = _cli(tmp_path, "status")
+    assert status.returncode == 1 and "no local broker is running" in status.stdout
+
+
+def test_port_taken_is_one_line(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = _cli(tmp_path, "up", "--port", str(port))
+    assert result.returncode == 2 and f"port {port} is taken" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
