@@ -112,12 +112,15 @@ def quantize_embeddings_per_row(model, min_rows: int = 1024, dtype: str = "int8"
 
 
 def _weight_only(prepared: Path, target: Path) -> None:
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     cfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=1, bits=8)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(prepared)), bits=8, block_size=32, is_symmetric=True,
                                      accuracy_level=1, algo_config=cfg)

@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     pooling: str = "mean"  # "mean" over tokens (how the encoder was trained) or "cls"
+    average_last: int = 0  # also try the average of the last k epochs' weights; keep it if val is better
+    fit_offsets: bool = False  # per-class logit offsets fitted on validation (overfitted in our runs)
 
 
 def default_base_model() -> str:
@@ -169,6 +171,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
 
     rng = np.random.default_rng(cfg.seed)
     history, best_score, best_state = [], -1.0, None
+    recent: list[dict] = []
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -194,13 +197,26 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
                "val_accuracy": round(val["accuracy"], 4), "val_macro_f1": round(val["macro_f1"], 4)}
         history.append(row)
         print(json.dumps(row), flush=True)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if cfg.average_last and epoch > cfg.epochs - cfg.average_last:
+            recent.append(state)
         if val["accuracy"] + val["macro_f1"] > best_score:
-            best_score = val["accuracy"] + val["macro_f1"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_score, best_state = val["accuracy"] + val["macro_f1"], state
 
+    chosen = f"epoch {max(history, key=lambda r: r['val_accuracy'] + r['val_macro_f1'])['epoch']}"
+    if len(recent) > 1:
+        averaged = {k: sum(s[k].float() for s in recent) / len(recent) if recent[0][k].is_floating_point()
+                    else recent[-1][k] for k in recent[0]}
+        model.load_state_dict(averaged)
+        val = classification_figures(val_y, predict_logits(model, tokenizer, val_texts, cfg.max_length).argmax(1))
+        history.append({"epoch": f"average of last {len(recent)}", "val_accuracy": round(val["accuracy"], 4),
+                        "val_macro_f1": round(val["macro_f1"], 4)})
+        print(json.dumps(history[-1]), flush=True)
+        if val["accuracy"] + val["macro_f1"] > best_score:
+            best_score, best_state, chosen = val["accuracy"] + val["macro_f1"], averaged, history[-1]["epoch"]
     model.load_state_dict(best_state)
     val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length)
-    offsets = fit_logit_offsets(val_logits, val_y)
+    offsets = fit_logit_offsets(val_logits, val_y) if cfg.fit_offsets else np.zeros(len(labels), np.float32)
     with torch.no_grad():
         model.classifier.bias += torch.as_tensor(offsets)
     val_after = classification_figures(val_y, (val_logits + offsets).argmax(1))
@@ -212,9 +228,9 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "class_weights": [round(float(w), 4) for w in weights],
         "history": history,
-        "best_epoch": max(history, key=lambda r: r["val_accuracy"] + r["val_macro_f1"])["epoch"],
+        "chosen": chosen,
         "logit_offsets": [round(float(o), 4) for o in offsets],
-        "validation_after_offsets": {k: round(v, 4) for k, v in val_after.items() if k != "confusion"},
+        "validation": {k: round(v, 4) for k, v in val_after.items() if k != "confusion"},
         "train_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }

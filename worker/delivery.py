@@ -71,7 +71,7 @@ class AtLeastOnce:
             _wait(self.in_flight[0])
             self.commit_done()
 
-    def commit_done(self) -> None:
+    def commit_done(self, blocking: bool = True) -> None:
         """Commit the leading units whose sends are all acknowledged (in order)."""
         ready: Offsets = {}
         while self.in_flight and self.in_flight[0].done():
@@ -81,21 +81,29 @@ class AtLeastOnce:
                 raise DeliveryFailed(f"a result could not be published: {error!r}")
             ready.update(unit.offsets)
         if ready:
-            self._commit(ready)
+            self._commit(ready, blocking)
 
-    def drain(self, timeout: float = 60.0) -> None:
-        """Wait for every send in flight, then commit (graceful stop, partition revoke)."""
+    def drain(self, timeout: float = 60.0, blocking: bool = True) -> None:
+        """Wait for every send in flight, then commit (graceful stop, partition revoke).
+
+        ``blocking=False`` for the rebalance listener: kafka-python runs it on its IO thread,
+        where a blocking commit is refused; the async commit is sent before the JoinGroup
+        request on the same coordinator connection, so it lands first.
+        """
         self.producer.flush(timeout=timeout)
         for unit in self.in_flight:
             _wait(unit, timeout)
-        self.commit_done()
+        self.commit_done(blocking)
 
     def abandon(self) -> None:
         pass
 
-    def _commit(self, offsets: Offsets) -> None:
+    def _commit(self, offsets: Offsets, blocking: bool = True) -> None:
         try:
-            self.consumer.commit(_commit_map(offsets))
+            if blocking:
+                self.consumer.commit(_commit_map(offsets))
+            else:
+                self.consumer.commit_async(_commit_map(offsets))
             self.committed.update(offsets)
         except CommitFailedError as exc:  # rebalanced away: the new owner re-reads; duplicates only
             log.warning("commit failed (partitions moved): %s", exc)
@@ -127,10 +135,10 @@ class ExactlyOnce:
             self.open = False
         self.committed.update(unit.offsets)
 
-    def commit_done(self) -> None:
+    def commit_done(self, blocking: bool = True) -> None:
         pass
 
-    def drain(self, timeout: float = 60.0) -> None:
+    def drain(self, timeout: float = 60.0, blocking: bool = True) -> None:
         pass  # every unit is committed (or aborted) before the loop polls again
 
     def abandon(self) -> None:

@@ -52,6 +52,8 @@ class Outcome:
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Called inside ``consumer.poll()`` (on kafka-python's IO thread while the loop waits)."""
+
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
@@ -225,7 +227,7 @@ class Worker:
         revoked = set(revoked)
         kept = [r for r in self.collector.take() if TopicPartition(r.topic, r.partition) not in revoked]
         self.collector.add(kept)  # the revoked ones were not produced: their new owner reads them
-        self.delivery.drain()
+        self.delivery.drain(blocking=False)
         self.assignment -= revoked
         for tp in revoked:
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
