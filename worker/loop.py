@@ -139,7 +139,7 @@ class Worker:
 
     # -- one turn of the loop ------------------------------------------------------------------
     def poll_once(self) -> None:
-        timeout_ms = int(self.collector.time_left() * 1000) if len(self.collector) else 100
+        timeout_ms = int(self.collector.time_left() * 1000) if len(self.collector) else 500
         room = max(1, self.settings.batch_size * 4 - len(self.collector))
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
         for records in polled.values():
