@@ -54,16 +54,23 @@ def _collect(consumer, want: set[str], timeout: float = 60) -> dict[str, dict]:
     return got
 
 
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def _spark(scores: dict[str, float]) -> str:
+    return "".join(BARS[min(8, round(v * 8))] for v in scores.values())
+
+
 def _table(title: str, rows: list[dict], labels: list[str]) -> Table:
-    table = Table(title=title, show_lines=False)
-    table.add_column("id", style="dim")
-    table.add_column("sentence", max_width=58)
-    table.add_column("label", style="bold")
-    for label in labels:
-        table.add_column(label, justify="right")
-    for r in rows:
-        table.add_row(r["id"], r["text"], r["label"],
-                      *(f"{r['scores'][lab]:.2f}" for lab in labels))
+    table = Table(title=title, title_justify="left", expand=True)
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("sentence", ratio=1)
+    table.add_column("label", style="bold", no_wrap=True)
+    table.add_column("p", justify="right", no_wrap=True)
+    table.add_column("scores", no_wrap=True)
+    for i, r in enumerate(rows):
+        table.add_row(str(i), r["text"], r["label"], f"{r['scores'][r['label']]:.2f}",
+                      " ".join(_spark(r["scores"])))
     return table
 
 
@@ -122,6 +129,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         labels = list(next(iter(got.values()))["scores"]) if got else []
         whole = sorted((r for r in got.values() if r.get("doc_id") == doc), key=lambda r: r["sentence_index"])
         single = [got[f"{i}#0"] for i in ids if f"{i}#0" in got]
+        console.print(f"[dim]scores: one bar per label, in order: {', '.join(labels)}[/dim]")
         console.print(_table("One message, split into sentences by the worker", whole, labels))
         console.print(_table("The same sentences, one message each", single, labels))
         if len(got) < len(want):
