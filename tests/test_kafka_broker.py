@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -61,22 +62,29 @@ def test_group_of_two_splits_partitions(settings_for) -> None:
     admin = kafka_clients.admin(s, s.bootstrap_servers)
     kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
     admin.close()
-    a = kafka_clients.consumer(s, s.bootstrap_servers)
-    b = kafka_clients.consumer(s, s.bootstrap_servers)
-    a.subscribe([s.input_topic])
-    b.subscribe([s.input_topic])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        a.poll(timeout_ms=200)
-        b.poll(timeout_ms=200)
-        if len(a.assignment()) + len(b.assignment()) == 4 and a.assignment() and b.assignment():
-            break
-    try:
-        assert len(a.assignment()) == 2 and len(b.assignment()) == 2
-        assert not (a.assignment() & b.assignment())
-    finally:
-        a.close()
-        b.close()
+    # Each member polls on its own thread, as two worker processes would.
+    consumers = [kafka_clients.consumer(s, s.bootstrap_servers) for _ in range(2)]
+    done = threading.Event()
+
+    def member(c) -> None:
+        c.subscribe([s.input_topic])
+        while not done.is_set():
+            c.poll(timeout_ms=100)
+
+    threads = [threading.Thread(target=member, args=(c,), daemon=True) for c in consumers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sorted(len(c.assignment()) for c in consumers) != [2, 2]:
+        time.sleep(0.2)
+    a, b = (set(c.assignment()) for c in consumers)
+    done.set()
+    for t in threads:
+        t.join(10)
+    for c in consumers:
+        c.close()
+    assert len(a) == 2 and len(b) == 2
+    assert not (a & b)
 
 
 def test_committed_offsets_survive_restart(settings_for) -> None:
