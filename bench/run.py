@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
@@ -172,14 +171,7 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
     url = f"http://127.0.0.1:{port}/metrics"
     proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if scrape(url).total("sentistream_worker_ready") >= 1:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        _wait_ready(url)
         producer = kafka_clients.producer(topics.settings, bootstrap, linger_ms=0)
         before = scrape(url)
         n = int(rate * seconds)
@@ -205,6 +197,18 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
         topics.drop()
 
 
+def _wait_ready(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if scrape(url).total("sentistream_worker_ready") >= 1:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"worker at {url} not ready in {timeout:.0f} s")
+
+
 def _cdf(after, before) -> list[tuple[float, float]]:
     prior = dict(before)
     rows = [(le, c - prior.get(le, 0.0)) for le, c in after]
@@ -218,14 +222,7 @@ def idle_cpu(settings: Settings, bootstrap: str, bundle: Path, seconds: float = 
     port = free_port()
     proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if scrape(f"http://127.0.0.1:{port}/metrics").total("sentistream_worker_ready") >= 1:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        _wait_ready(f"http://127.0.0.1:{port}/metrics")
         time.sleep(2)
         ticks = os.sysconf("SC_CLK_TCK")
 
@@ -378,5 +375,3 @@ def _base_checkpoint(out_dir: Path) -> Path | None:
         AutoTokenizer.from_pretrained(base).save_pretrained(path)
     return path
 
-
-__all__ = ["np", "run"]

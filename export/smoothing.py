@@ -12,8 +12,6 @@ the residual path, so it cannot be folded into the LayerNorm).
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def _smoothed_linear_class():
     import torch
@@ -77,5 +75,3 @@ def smooth(model, tokenizer, texts: list[str], alpha: float = 0.5, max_length: i
 def summary(alpha: float, n: int) -> dict:
     return {"method": "smoothquant", "alpha": alpha, "smoothed_linears": n, "note": "fp32 Mul before each MatMul"}
 
-
-__all__ = ["encoder_linears", "np", "smooth", "summary"]

@@ -335,5 +335,3 @@ def main(argv: list[str] | None = None) -> None:
         raise
     sys.exit(code if isinstance(code, int) else 0)
 
-
-__all__ = ["Path", "app", "main"]

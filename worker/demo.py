@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -176,5 +175,3 @@ def run_demo(settings: Settings, console: Console) -> int:
             cluster.down()
             console.print("Local broker stopped.")
 
-
-__all__ = ["Path", "run_demo"]
