@@ -277,6 +277,7 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
     cluster = None
     if not settings.bootstrap_servers and LocalCluster(settings.home).state() is None:
         cluster = LocalCluster(settings.home, data_dir=settings.home / "bench-broker")
+        cluster.down()  # the benchmark's own broker: one left by an interrupted run goes first
         cluster.up(nodes=1, port=0)
     try:
         bootstrap = kafka_clients.resolve_bootstrap(settings) if cluster is None else cluster.state().bootstrap
