@@ -123,6 +123,8 @@ class Bundle:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No busy-waiting between batches: an idle worker should cost ~0 CPU.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in m.extra.get("session_config", {}).items():  # e.g. fold int8 weights at load
+            options.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(
                 str(self.path / "model.onnx"), options,

@@ -253,8 +253,10 @@ class LocalCluster:
                 "".join(f"{k}={v}\n" for k, v in props.items())
             )
             (node / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+            # "--cluster-id=…" in one word: a base64 id may start with "-", which the
+            # option parser would otherwise read as a flag (seen once in CI).
             cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-                   "-t", cluster_id, "-c", str(node / "server.properties"), "--ignore-formatted"]
+                   f"--cluster-id={cluster_id}", "-c", str(node / "server.properties"), "--ignore-formatted"]
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise BrokerError(f"formatting node {i + 1} failed: {result.stderr.strip()[-300:]}")
