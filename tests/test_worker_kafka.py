@@ -184,3 +184,44 @@ def test_sigterm_mid_batch_publishes_commits_and_exits_cleanly(topics, tmp_path)
         assert done[p] == set(range(committed)), f"partition {p}: committed {committed}"
     checker.close()
     assert out, "nothing was published before the stop"
+
+
+def _children(pid: int) -> list[int]:
+    """Worker children of a supervisor (multiprocessing spawn), not its resource tracker."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_supervisor_restarts_a_killed_child_and_one_scrape_sees_all(topics, tmp_path) -> None:
+    import os
+
+    s = topics()
+    w = WorkerProcess(s, ["--processes", "2"]).start(tmp_path)
+    try:
+        w.wait_ready()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and w.metric("sentistream_worker_ready") < 2:
+            time.sleep(0.3)
+        assert w.metric("sentistream_worker_ready") == 2  # both children, one scrape
+        victim = _children(w.proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (victim in _children(w.proc.pid) or len(_children(w.proc.pid)) < 2):
+            time.sleep(0.3)
+        assert len(_children(w.proc.pid)) == 2 and victim not in _children(w.proc.pid)
+        produce(s.bootstrap_servers, s.input_topic, json_items(200, keys=8))
+        out = collect(s.bootstrap_servers, [s.output_topic], 200)
+        assert {f"m{i}" for i in range(200)} <= set(_ids(out))
+        assert "restarting" in w.log()
+    finally:
+        assert w.stop() == 0, w.log()
