@@ -81,7 +81,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, *, name: str | None = Non
                       transform=None) -> Exported:
     """Write an fp32 bundle to ``out_dir`` and validate it against PyTorch.
 
-    ``transform(model, tokenizer)`` may rewrite the model first (e.g. smoothing before int8);
+    ``transform(model, tokenizer)`` may rewrite the model first (e.g. a different pooling head);
     parity is then checked against the transformed PyTorch model.
     """
     import onnxruntime
