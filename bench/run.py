@@ -23,7 +23,7 @@ from rich.progress import Progress
 from worker import kafka_clients
 from worker.bundle import Bundle, default_bundle_path
 from worker.local_kafka import LocalCluster, free_port
-from worker.scrape import quantile, scrape
+from worker.scrape import quantile, scrape, wait_ready
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
     url = f"http://127.0.0.1:{port}/metrics"
     proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
     try:
-        _wait_ready(url)
+        wait_ready(url, proc=proc)
         producer = kafka_clients.producer(topics.settings, bootstrap, linger_ms=0)
         before = scrape(url)
         n = int(rate * seconds)
@@ -197,18 +197,6 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
         topics.drop()
 
 
-def _wait_ready(url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if scrape(url).total("sentistream_worker_ready") >= 1:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"worker at {url} not ready in {timeout:.0f} s")
-
-
 def _cdf(after, before) -> list[tuple[float, float]]:
     prior = dict(before)
     rows = [(le, c - prior.get(le, 0.0)) for le, c in after]
@@ -222,7 +210,7 @@ def idle_cpu(settings: Settings, bootstrap: str, bundle: Path, seconds: float = 
     port = free_port()
     proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/metrics")
+        wait_ready(f"http://127.0.0.1:{port}/metrics", proc=proc)
         time.sleep(2)
         ticks = os.sysconf("SC_CLK_TCK")
 
@@ -283,43 +271,36 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
         bootstrap = kafka_clients.resolve_bootstrap(settings) if cluster is None else cluster.state().bootstrap
         texts = sentences(n)
         rows: list[Row] = []
-        steps = ["bare int8 1t", "worker 1×1", "bare int8 2t", "worker 1×2", "worker 2×1"]
+
+        def bare(bundle: Path, precision: str, threads: int, suffix: str = "") -> Row:
+            rate = bare_onnxruntime(bundle, texts, 32, threads)
+            return Row(f"bare onnxruntime, {precision}, {threads} thread{'s' if threads > 1 else ''}{suffix}", rate)
+
+        def worker(bundle: Path, precision: str, processes: int, threads: int) -> Row:
+            rate, info = worker_throughput(settings, bootstrap, bundle, texts, processes, threads, 32, 4)
+            name = f"sentistream worker, {precision}, {processes} process{'es' if processes > 1 else ''} × " \
+                   f"{threads} thread{'s' if threads > 1 else ''}"
+            return Row(name, rate, "" if info["accounted"] else "MISSING OUTPUT")
+
+        # (progress label, measurement) in table order; rows[0] is the limit, rows[1] the 1 × 1 worker
+        plan = [("bare onnxruntime int8, 1 thread", lambda: bare(int8, "int8", 1, " (limit)")),
+                ("worker 1 process × 1 thread", lambda: worker(int8, "int8", 1, 1))]
+        if not quick:
+            plan += [("bare onnxruntime int8, 2 threads", lambda: bare(int8, "int8", 2)),
+                     ("worker 1 × 2 threads", lambda: worker(int8, "int8", 1, 2)),
+                     ("worker 2 processes × 1 thread", lambda: worker(int8, "int8", 2, 1))]
         if fp32_bundle:
-            steps += ["bare fp32", "worker fp32"]
-        steps += ["naive", "latency", "idle"]
+            plan += [("bare onnxruntime fp32", lambda: bare(fp32_bundle, "fp32", 1)),
+                     ("worker fp32", lambda: worker(fp32_bundle, "fp32", 1, 1))]
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("benchmark", total=len(steps))
+            task = progress.add_task("benchmark", total=len(plan) + 3)
 
             def step(label: str):
                 progress.update(task, description=label)
 
-            step("bare onnxruntime int8, 1 thread")
-            rows.append(Row("bare onnxruntime, int8, 1 thread (limit)", bare_onnxruntime(int8, texts, 32, 1)))
-            progress.advance(task)
-            step("worker 1 process × 1 thread")
-            r, info = worker_throughput(settings, bootstrap, int8, texts, 1, 1, 32, 4)
-            note = "" if info["accounted"] else "MISSING OUTPUT"
-            rows.append(Row("sentistream worker, int8, 1 process × 1 thread", r, note))
-            progress.advance(task)
-            if not quick:
-                step("bare onnxruntime int8, 2 threads")
-                rows.append(Row("bare onnxruntime, int8, 2 threads", bare_onnxruntime(int8, texts, 32, 2)))
-                progress.advance(task)
-                step("worker 1 × 2 threads")
-                r, info = worker_throughput(settings, bootstrap, int8, texts, 1, 2, 32, 4)
-                rows.append(Row("sentistream worker, int8, 1 process × 2 threads", r))
-                progress.advance(task)
-                step("worker 2 processes × 1 thread")
-                r, info = worker_throughput(settings, bootstrap, int8, texts, 2, 1, 32, 4)
-                rows.append(Row("sentistream worker, int8, 2 processes × 1 thread", r))
-                progress.advance(task)
-            if fp32_bundle:
-                step("bare onnxruntime fp32")
-                rows.append(Row("bare onnxruntime, fp32, 1 thread", bare_onnxruntime(fp32_bundle, texts, 32, 1)))
-                progress.advance(task)
-                step("worker fp32")
-                r, _ = worker_throughput(settings, bootstrap, fp32_bundle, texts, 1, 1, 32, 4)
-                rows.append(Row("sentistream worker, fp32, 1 process × 1 thread", r))
+            for label, measure in plan:
+                step(label)
+                rows.append(measure())
                 progress.advance(task)
             naive = None
             ckpt = checkpoint or _base_checkpoint(out_dir)

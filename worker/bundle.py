@@ -63,9 +63,6 @@ class Manifest:
         extra = {k: v for k, v in raw.items() if k not in known and k != "output"}
         return cls(**known, output=raw.get("output", "logits"), extra=extra)
 
-    def file_hash(self, file: str) -> str:
-        return self.files[file]
-
 
 @dataclass(frozen=True)
 class Prediction:

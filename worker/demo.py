@@ -16,7 +16,7 @@ from rich.table import Table
 
 from worker import kafka_clients
 from worker.local_kafka import LocalCluster, free_port
-from worker.scrape import quantile, scrape
+from worker.scrape import quantile, scrape, wait_ready
 from worker.settings import Settings
 
 REVIEW = (
@@ -27,18 +27,6 @@ REVIEW = (
     "Still, I would not watch it twice."
 )
 BURST = 2000
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the workers exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            if scrape(url).total("sentistream_worker_ready") >= 2:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"the workers were not ready in {timeout:.0f} s")
 
 
 def _collect(consumer, want: set[str], timeout: float = 60) -> dict[str, dict]:
@@ -103,7 +91,7 @@ def run_demo(settings: Settings, console: Console) -> int:
             cmd += ["--bundle", str(settings.bundle)]
         console.print("Starting 2 worker processes (one consumer group)…")
         workers = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        _wait_ready(url, workers)
+        wait_ready(url, processes=2, proc=workers)
 
         consumer = kafka_clients.consumer(settings, bootstrap, group_id=None, auto_offset_reset="latest")
         consumer.subscribe([settings.output_topic])

@@ -22,20 +22,6 @@ from pathlib import Path
 KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
-LOG4J2 = """\
-Configuration:
-  name: sentistream-local-kafka
-  Appenders:
-    File:
-      name: file
-      fileName: "${sys:kafka.logs.dir}/server.log"
-      PatternLayout: {pattern: "[%d] %p %m (%c)%n"}
-  Loggers:
-    Root: {level: INFO, AppenderRef: [{ref: file}]}
-    Logger:
-      - {name: kafka.request.logger, level: WARN}
-      - {name: org.apache.kafka.controller, level: INFO}
-"""
 LOG4J2_PROPERTIES = """\
 appender.file.type = File
 appender.file.name = file

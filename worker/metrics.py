@@ -6,7 +6,6 @@ serves one ``/metrics`` for all of them.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,7 +92,3 @@ def serve(host: str, port: int, registry: CollectorRegistry, is_ready: Callable[
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -56,3 +58,16 @@ def quantile(buckets: list[tuple[float, float]], q: float, before: list[tuple[fl
             return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
         prev_le, prev_c = le, c
     return prev_le
+
+
+def wait_ready(url: str, processes: int = 1, timeout: float = 90, proc=None) -> None:
+    """Until ``processes`` workers behind ``url`` report ready; fails early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if scrape(url).total("sentistream_worker_ready") >= processes:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"workers at {url} not ready in {timeout:.0f} s")
