@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test tools lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 ($(PY)) is required"; exit 1; }
@@ -21,9 +21,13 @@ demo: $(STAMP)
 	$(BIN)/sentistream demo
 
 ## test: the whole suite (unit, export gates, real-broker integration); CI runs exactly this
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## tools: the checkers deploy/ is validated with (promtool, kubeconform, schemas; deploy/tools.sh)
+tools:
+	bash deploy/tools.sh .tools
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/sentistream bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

@@ -72,3 +72,18 @@ def settings_for(kafka_bootstrap: str, unique: str, tmp_path: Path):
         return Settings(**base)
 
     return make
+
+
+@pytest.fixture
+def topics(settings_for):
+    """Like ``settings_for``, with the input, output and dead-letter topics created."""
+    from worker import kafka_clients
+
+    def make(**overrides) -> Settings:
+        s = settings_for(**overrides)
+        admin = kafka_clients.admin(s, s.bootstrap_servers)
+        kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+        admin.close()
+        return s
+
+    return make

@@ -11,21 +11,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.workers import WorkerProcess, collect, json_items, produce
-from worker import kafka_clients
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def topics(settings_for):
-    def make(**overrides):
-        s = settings_for(**overrides)
-        admin = kafka_clients.admin(s, s.bootstrap_servers)
-        kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-        admin.close()
-        return s
-
-    return make
 
 
 def _ids(records) -> list[str]:

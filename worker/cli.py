@@ -253,6 +253,23 @@ def consume_cmd(
     consume_results(settings, follow, json_lines, from_beginning, limit, Console())
 
 
+@app.command("top")
+def top_cmd(
+    targets: Annotated[list[str] | None, typer.Argument(
+        help="workers' metrics endpoints (host:port or URL); default: this host's metrics port")] = None,
+    interval: Annotated[float, typer.Option(min=0.2, help="seconds between refreshes")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="print one frame (two scrapes apart) and exit")] = False,
+) -> None:
+    """Live terminal dashboard over workers' /metrics: msg/s, p50/p99, lag, DLQ, label mix."""
+    from rich.console import Console
+
+    from worker.top import run
+
+    if not targets:
+        targets = [f"127.0.0.1:{make_settings().metrics_port}"]
+    run(targets, interval, once, Console())
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of input and output records."""

@@ -74,7 +74,7 @@ class Worker:
                                        max_tokens=settings.max_tokens)
         m = self.bundle.manifest
         self.model = ModelRef(name=m.name, version=m.version)
-        metrics.model_info.labels(m.name, m.version, m.files["model.onnx"]).set(1)
+        metrics.serving(m.name, m.version, m.files["model.onnx"], m.labels)
         self.splitter = None
         if settings.split_sentences:
             from worker.splitting import make_splitter

@@ -19,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from worker.contract import Reason
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -52,6 +54,14 @@ class WorkerMetrics:
                            "are assigned.", registry=r, multiprocess_mode="livesum")
         self.assigned = Gauge("sentistream_assigned_partitions", "Partitions this worker owns.",
                               registry=r, multiprocess_mode="livesum")
+        for reason in Reason:  # every series exists from the start, so rate() sees its first increase
+            self.dead_lettered.labels(reason.value)
+
+    def serving(self, name: str, version: str, sha256: str, labels: list[str]) -> None:
+        """Announce the loaded bundle; its labels' counters start at 0 (see above)."""
+        self.model_info.labels(name, version, sha256).set(1)
+        for label in labels:
+            self.classified.labels(label)
 
 
 def multiprocess_registry() -> CollectorRegistry:
