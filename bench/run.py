@@ -21,8 +21,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from worker import kafka_clients
+from worker.batching import length_sorted_batches
 from worker.bundle import Bundle, default_bundle_path
 from worker.local_kafka import LocalCluster, free_port
+from worker.loop import POLL_BATCHES
 from worker.scrape import quantile, scrape, wait_ready
 from worker.settings import Settings
 
@@ -45,14 +47,17 @@ def sentences(n: int) -> list[str]:
 
 
 def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
-    """The limit: tokenize + infer length-sorted batches, no Kafka."""
+    """The limit: the worker's batches without Kafka. Like the worker, take the texts a poll
+    at a time (``batch_size × POLL_BATCHES``), tokenize them together and run batches sorted by
+    token count."""
     bundle = Bundle(bundle_dir, threads=threads)
-    order = sorted(texts, key=len)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    bundle.classify(batches[len(batches) // 2])  # warm-up
+    window = batch_size * POLL_BATCHES
+    bundle.classify(texts[:batch_size])  # warm-up
     started = time.perf_counter()
-    for b in batches:
-        bundle.classify(b)
+    for start in range(0, len(texts), window):
+        encoded = bundle.tokenize(texts[start : start + window])
+        for batch in length_sorted_batches(encoded, batch_size, lambda e: len(e.ids)):
+            bundle.classify_encoded(batch)
     return len(texts) / (time.perf_counter() - started)
 
 

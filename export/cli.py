@@ -102,6 +102,7 @@ def train_cmd(
     pooling: Annotated[str, typer.Option(help="mean or cls")] = "mean",
     class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
+    seed: Annotated[int, typer.Option(help="shuffling and head initialisation")] = 0,
     version: Annotated[str, typer.Option()] = "1.0.0",
 ) -> None:
     """Reproduce the default model: data, fine-tune, export, quantize, evaluate, report."""
@@ -114,7 +115,7 @@ def train_cmd(
     cfg = train.TrainConfig(base_model=train.default_base_model(), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
-                            threads=threads)
+                            threads=threads, seed=seed)
     summary = train.train(cfg, dataset)
     finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset)
     typer.echo((out / "REPORT.md").read_text())

@@ -10,7 +10,9 @@ T = TypeVar("T")
 
 
 class Collector:
-    """Holds items until ``size`` of them are in, or the oldest has waited ``max_wait`` seconds."""
+    """Holds items until ``size`` of them are in, the oldest has waited ``max_wait`` seconds, or
+    the input is drained: waiting for records that are not there only adds latency, while under
+    load records pile up during inference and batches fill by themselves."""
 
     def __init__(self, size: int, max_wait: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.size = size
@@ -27,16 +29,11 @@ class Collector:
     def __len__(self) -> int:
         return len(self.items)
 
-    def ready(self) -> bool:
+    def ready(self, drained: bool = False) -> bool:
+        """``drained``: the last look at the input found nothing more waiting."""
         if not self.items:
             return False
-        return len(self.items) >= self.size or self.clock() - self._first_at >= self.max_wait  # type: ignore[operator]
-
-    def time_left(self) -> float:
-        """Seconds until the time limit fires (``max_wait`` when empty)."""
-        if self._first_at is None:
-            return self.max_wait
-        return max(0.0, self.max_wait - (self.clock() - self._first_at))
+        return drained or len(self.items) >= self.size or self.clock() - self._first_at >= self.max_wait  # type: ignore[operator]
 
     def take(self) -> list:
         items, self.items, self._first_at = self.items, [], None

@@ -12,9 +12,12 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 MANIFEST = "manifest.json"
 DEFAULT_BUNDLE_NAME = "sst5-minilm"
@@ -144,15 +147,16 @@ class Bundle:
         self.labels = list(m.labels)
 
     # -- tokenization --------------------------------------------------------------------------
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+    def tokenize(self, texts: list[str]) -> list[Encoding]:
+        """Unpadded encodings (truncated to max length): sort them by ``len(e.ids)`` to batch."""
+        return self.tokenizer.encode_batch(texts)
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
+    def feed(self, encodings: list[Encoding]) -> dict[str, np.ndarray]:
+        """The model's inputs for one batch, padded to its longest encoding."""
         width = max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(texts), width), dtype=np.int64)
-        types = np.zeros((len(texts), width), dtype=np.int64)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
         for row, e in enumerate(encodings):
             n = len(e.ids)
             ids[row, :n] = e.ids
@@ -161,14 +165,23 @@ class Bundle:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feed[name] for name in self.manifest.inputs}
 
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.feed(self.tokenize(texts))
+
     # -- inference -----------------------------------------------------------------------------
     def logits(self, texts: list[str]) -> np.ndarray:
-        if not texts:
+        return self.logits_of(self.tokenize(texts))
+
+    def logits_of(self, encodings: list[Encoding]) -> np.ndarray:
+        if not encodings:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.session.run([self.manifest.output], self.encode(texts))[0]
+        return self.session.run([self.manifest.output], self.feed(encodings))[0]
 
     def classify(self, texts: list[str]) -> list[Prediction]:
-        probs = softmax(self.logits(texts).astype(np.float64))
+        return self.classify_encoded(self.tokenize(texts))
+
+    def classify_encoded(self, encodings: list[Encoding]) -> list[Prediction]:
+        probs = softmax(self.logits_of(encodings).astype(np.float64))
         out = []
         for row in probs:
             best = int(row.argmax())

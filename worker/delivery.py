@@ -71,8 +71,12 @@ class AtLeastOnce:
             _wait(self.in_flight[0])
             self.commit_done()
 
-    def commit_done(self, blocking: bool = True) -> None:
-        """Commit the leading units whose sends are all acknowledged (in order)."""
+    def commit_done(self, blocking: bool = False) -> None:
+        """Commit the leading units whose sends are all acknowledged (in order).
+
+        In the loop the commit is asynchronous: a lost one only means re-reading acknowledged
+        input (duplicates, never loss), and the loop does not wait a coordinator round trip per
+        batch. Stopping commits synchronously (:meth:`drain`)."""
         ready: Offsets = {}
         while self.in_flight and self.in_flight[0].done():
             unit = self.in_flight.popleft()

@@ -78,7 +78,7 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProdu
         **settings.kafka_client_config(bootstrap),
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 5,
+        "linger_ms": 0,  # results go out at once (latency); under load batches form anyway
         "batch_size": 64 * 1024,
         "max_request_size": MAX_REQUEST_BYTES,
         "compression_type": None,

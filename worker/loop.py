@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL = 0, 1
 LAG_EVERY_S = 2.0
+# A poll takes up to this many batches' worth of records; they are sorted by token count
+# together, so the wider the window the less padding (bench/README "Performance").
+POLL_BATCHES = 8
 
 
 @dataclass
@@ -139,13 +142,14 @@ class Worker:
 
     # -- one turn of the loop ------------------------------------------------------------------
     def poll_once(self) -> None:
-        timeout_ms = int(self.collector.time_left() * 1000) if len(self.collector) else 500
-        room = max(1, self.settings.batch_size * 4 - len(self.collector))
+        # Idle: a long poll. Holding records: only look at what is already waiting (timeout 0).
+        timeout_ms = 0 if len(self.collector) else 500
+        room = max(1, self.settings.batch_size * POLL_BATCHES - len(self.collector))
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
         for records in polled.values():
             self.collector.add(records)
             self.metrics.consumed.inc(len(records))
-        if self.collector.ready():
+        if self.collector.ready(drained=timeout_ms == 0 and not polled):
             self.process(self.collector.take())
         else:
             self.delivery.commit_done()
@@ -176,24 +180,34 @@ class Worker:
         return Outcome(record, to_sentences(record, decoded, self.splitter))
 
     def _infer(self, sentences: list[Sentence], outcomes: list[Outcome]) -> dict[int, Prediction]:
-        """Length-sorted batches; a failed batch sends its records to the DLQ (model_error)."""
+        """Tokenize the poll's sentences together, then batch them by token count (least padding).
+        A batch that fails sends its records to the DLQ (model_error)."""
         predictions: dict[int, Prediction] = {}
-        for batch in length_sorted_batches(sentences, self.settings.batch_size, lambda s: len(s.text)):
+        try:
+            encoded = list(zip(sentences, self.bundle.tokenize([s.text for s in sentences]), strict=True))
+        except Exception as exc:  # tokenizers' errors are untyped too
+            log.exception("tokenization failed for %d sentences", len(sentences))
+            self._reject({id(s.record) for s in sentences}, outcomes, exc)
+            return predictions
+        for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
             started = time.perf_counter()
             try:
-                preds = self.bundle.classify([s.text for s in batch])
+                preds = self.bundle.classify_encoded([e for _, e in batch])
             except Exception as exc:  # onnxruntime errors are untyped; the records go to the DLQ
                 log.exception("inference failed on a batch of %d", len(batch))
-                failed = {id(s.record) for s in batch}
-                for o in outcomes:
-                    if id(o.record) in failed and o.rejection is None:
-                        o.rejection = Rejection(o.record, Reason.MODEL_ERROR, repr(exc)[:200])
+                self._reject({id(s.record) for s, _ in batch}, outcomes, exc)
                 continue
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(batch))
-            for s, p in zip(batch, preds, strict=True):
+            for (s, _), p in zip(batch, preds, strict=True):
                 predictions[id(s)] = p
         return predictions
+
+    @staticmethod
+    def _reject(records: set[int], outcomes: list[Outcome], exc: Exception) -> None:
+        for o in outcomes:
+            if id(o.record) in records and o.rejection is None:
+                o.rejection = Rejection(o.record, Reason.MODEL_ERROR, repr(exc)[:200])
 
     def _publish(self, o: Outcome, predictions: dict[int, Prediction]) -> list:
         r = o.record

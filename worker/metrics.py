@@ -39,9 +39,10 @@ class WorkerMetrics:
                                      ["reason"], registry=r)
         self.batch_size = Histogram("sentistream_batch_size", "Sentences per inference batch.",
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("sentistream_inference_seconds",
-                                           "Tokenization + onnxruntime time per batch.",
-                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "sentistream_inference_seconds",
+            "Padding + onnxruntime time per batch (a poll's sentences are tokenized together first).",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.end_to_end_seconds = Histogram(
             "sentistream_end_to_end_seconds",
             "Input record timestamp to result acknowledged by the broker.",
