@@ -46,9 +46,11 @@ def test_empty_collector_is_never_ready() -> None:
     assert not c.ready()
 
 
-def test_length_sorted_batches() -> None:
-    items = ["ccc", "a", "bb", "dddd", "e"]
-    assert length_sorted_batches(items, 2, len) == [["a", "e"], ["bb", "ccc"], ["dddd"]]
+def test_length_sorted_batches_cap_size_and_length_spread() -> None:
+    items = ["ccc", "a", "bb", "dddd", "e", "f", "gg"]
+    assert length_sorted_batches(items, 2, len) == [["a", "e"], ["f", "bb"], ["gg", "ccc"], ["dddd"]]
+    assert length_sorted_batches(items, 8, len) == [["a", "e", "f", "bb", "gg"], ["ccc", "dddd"]]
+    assert length_sorted_batches(items, 8, len, tolerance=0) == [["a", "e", "f"], ["bb", "gg"], ["ccc"], ["dddd"]]
     assert length_sorted_batches([], 4, len) == []
 
 
