@@ -1,0 +1,71 @@
+"""Bare onnxruntime throughput of one bundle under several batching policies, same sentences.
+
+    python -m bench.policies [--bundle DIR] [-n 2000] [--rounds 2]
+
+Why the worker batches as it does (README "Performance"): how many polled records are sorted
+together (the window), what they are sorted by, and how far lengths may differ inside a batch.
+Rounds are interleaved so that a noisy neighbour hits every policy alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench.run import sentences
+from worker.batching import length_sorted_batches
+from worker.bundle import Bundle, default_bundle_path
+
+# (name, window, sort key: "chars" or "tokens", length tolerance within a batch; None = any)
+POLICIES: list[tuple[str, int, str, int | None]] = [
+    ("128-record windows, by characters, any lengths (worker before 2026-11-26)", 128, "chars", None),
+    ("256-record windows, by tokens, any lengths", 256, "tokens", None),
+    ("256-record windows, by tokens, lengths within ±1 token (the worker now)", 256, "tokens", 1),
+    ("4-record windows (light traffic), by tokens, any lengths", 4, "tokens", None),
+    ("4-record windows (light traffic), by tokens, within ±1 token", 4, "tokens", 1),
+    ("one sentence per call", 1, "tokens", 0),
+]
+
+
+def _tokens(encoding) -> int:
+    return len(encoding.ids)
+
+
+def throughput(bundle: Bundle, texts: list[str], window: int, key: str, tolerance: int | None,
+               batch_size: int = 32) -> float:
+    spread = 10**6 if tolerance is None else tolerance
+    started = time.perf_counter()
+    for start in range(0, len(texts), window):
+        chunk = texts[start : start + window]
+        if key == "chars":
+            for batch in length_sorted_batches(chunk, batch_size, len, spread):
+                bundle.classify(batch)
+        else:
+            for batch in length_sorted_batches(bundle.tokenize(chunk), batch_size, _tokens, spread):
+                bundle.classify_encoded(batch)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--bundle", type=Path, default=default_bundle_path())
+    parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    bundle = Bundle(args.bundle, threads=1)
+    texts = sentences(args.n)
+    throughput(bundle, texts[:256], 256, "tokens", 1)  # warm-up
+    results: dict[str, list[float]] = {name: [] for name, *_ in POLICIES}
+    for _ in range(args.rounds):
+        for name, window, key, tolerance in POLICIES:
+            results[name].append(throughput(bundle, texts, window, key, tolerance))
+    print(f"bare onnxruntime, {args.bundle.name}, 1 thread, {len(texts)} sentences, batches of ≤ 32; "
+          f"sentences/s per round\n")
+    print("| policy | sentences/s |\n|---|---:|")
+    for name, rates in results.items():
+        print(f"| {name} | {' / '.join(f'{r:.0f}' for r in rates)} |")
+
+
+if __name__ == "__main__":
+    main()
