@@ -46,3 +46,10 @@ def test_screen_shows_rows_totals_mix_and_unreachable_endpoints() -> None:
     assert "40.0" in text and "m 1.2.3" in text and "down" in text
     assert "label mix: Positive 75%  Negative 25%" in text
     assert "cannot reach http://b/metrics: refused" in text
+
+
+def test_a_worker_that_has_classified_nothing_yet_shows_no_mix() -> None:
+    idle = snap(0, 0, 0, 0)  # its label counters exist, at 0
+    console = Console(record=True, width=120)
+    console.print(render([compare(Reading("u", 0.0, idle), Reading("u", 1.0, idle))], 1.0))
+    assert "label mix: no sentences yet" in console.export_text()

@@ -8,6 +8,7 @@ endpoint that does not answer gets a row that says so; the others keep updating.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import select
 import sys
@@ -45,7 +46,7 @@ class Reading:
 def read(url: str) -> Reading:
     try:
         return Reading(url, time.monotonic(), scrape(url, timeout=1.0))
-    except OSError as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut short, garbled
         reason = getattr(exc, "reason", None) or exc
         reason = getattr(reason, "strerror", None) or str(reason)
         return Reading(url, time.monotonic(), None, f"cannot reach {url}: {reason}")
@@ -116,9 +117,9 @@ def render(rows: list[Row], interval: float) -> Group:
         for label, n in (r.labels or {}).items():
             mix[label] = mix.get(label, 0.0) + n
     total = sum(mix.values())
-    shares = "  ".join(f"{label} {n / total:.0%}" for label, n in sorted(mix.items(), key=lambda kv: -kv[1]))
+    shares = "  ".join(f"{label} {n / total:.0%}" for label, n in sorted(mix.items(), key=lambda kv: -kv[1]) if n)
     problems = [Text(r.error, style="red") for r in rows if r.error]
-    return Group(table, Text(f"label mix: {shares}" if total else "label mix: no sentences yet"), *problems)
+    return Group(table, Text(f"label mix: {shares or 'no sentences yet'}"), *problems)
 
 
 @contextlib.contextmanager
