@@ -185,10 +185,15 @@ def worker_cmd(
     setup_logging(settings.log_level, "supervisor" if settings.processes > 1 else "worker")
     from worker.bundle import Bundle, default_bundle_path
 
-    Bundle(settings.bundle or default_bundle_path())  # refuse a bad bundle before anything starts
+    # Refuse a bad bundle before anything starts; a single worker then serves this very session.
+    bundle = Bundle(settings.bundle or default_bundle_path(), threads=settings.threads, max_tokens=settings.max_tokens)
     if create_topics:
         _ensure_topics(settings)
-    code = run_supervised(settings) if settings.processes > 1 else run_one(settings)
+    if settings.processes > 1:
+        del bundle  # each child loads its own
+        code = run_supervised(settings)
+    else:
+        code = run_one(settings, bundle=bundle)
     raise typer.Exit(code)
 
 

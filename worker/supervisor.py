@@ -13,8 +13,12 @@ import os
 import signal
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +27,9 @@ RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STOP_GRACE_S = 60.0
 
 
-def run_one(settings: Settings, index: int = 0, serve_http: bool = True) -> int:
-    """One worker in this process (the child's body, and the whole thing when N = 1)."""
+def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle: Bundle | None = None) -> int:
+    """One worker in this process (the child's body, and the whole thing when N = 1); ``bundle``:
+    one already loaded."""
     from prometheus_client import CollectorRegistry
 
     from worker.bundle import BundleError
@@ -34,7 +39,7 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True) -> int:
     registry = CollectorRegistry() if serve_http else None
     metrics = WorkerMetrics(registry)
     try:
-        worker = Worker(settings, metrics, process_index=index)
+        worker = Worker(settings, metrics, process_index=index, bundle=bundle)
     except BundleError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
