@@ -6,6 +6,7 @@ repeated to N), so ratios are comparable; absolute figures depend on the machine
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -137,14 +138,16 @@ def worker_throughput(settings: Settings, bootstrap: str, bundle: Path, texts: l
         topics.drop()
 
 
-def naive_peer_throughput(settings: Settings, bootstrap: str, checkpoint: Path, texts: list[str]) -> float:
+def peer_throughput(settings: Settings, bootstrap: str, module: str, checkpoint: Path, texts: list[str]) -> float:
+    """A peer (``bench.naive_peer`` or ``bench.quix_peer``) on a preloaded one-partition topic."""
     topics = Topics(settings, bootstrap, 1)
     proc = None
     try:
         topics.preload(texts)
         s = topics.settings
-        proc = subprocess.Popen([sys.executable, "-m", "bench.naive_peer", bootstrap, s.input_topic, s.output_topic,
-                                 s.group_id, str(checkpoint)], cwd=REPO, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", module, bootstrap, s.input_topic, s.output_topic,
+                                 s.group_id, str(checkpoint)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         from kafka import TopicPartition
 
         probe = kafka_clients.consumer(s, bootstrap, group_id=None)
@@ -160,7 +163,7 @@ def naive_peer_throughput(settings: Settings, bootstrap: str, checkpoint: Path, 
                 probe.close()
                 return (n - first[1]) / max(now - first[0], 1e-9)
             time.sleep(0.2)
-        raise RuntimeError("naive peer did not finish")
+        raise RuntimeError(f"{module} did not finish")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -316,11 +319,15 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             naive = None
             ckpt = checkpoint or _base_checkpoint(out_dir)
             if ckpt is not None:
-                step("naive peer (transformers pipeline per message)")
                 naive_n = min(len(texts), 300 if quick else 1000)
+                step("naive peer (transformers pipeline per message)")
                 naive = Row("naive peer: kafka-python + transformers pipeline, 1 thread",
-                            naive_peer_throughput(settings, bootstrap, ckpt, texts[:naive_n]))
+                            peer_throughput(settings, bootstrap, "bench.naive_peer", ckpt, texts[:naive_n]))
                 rows.append(naive)
+                if not quick and importlib.util.find_spec("quixstreams") is not None:
+                    step("Quix Streams peer (transformers pipeline per message)")
+                    rows.append(Row("Quix Streams app + transformers pipeline, 1 thread",
+                                    peer_throughput(settings, bootstrap, "bench.quix_peer", ckpt, texts[:naive_n])))
             progress.advance(task)
             step("latency at a quarter and at half of peak")
             peak = rows[1].msgs_per_s
