@@ -10,11 +10,9 @@ Rounds are interleaved so that a noisy neighbour hits every policy alike.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from bench.run import sentences
-from worker.batching import length_sorted_batches
+from bench.run import batched_throughput, sentences
 from worker.bundle import Bundle, default_bundle_path
 
 # (name, window, sort key: "chars" or "tokens", length tolerance within a batch; None = any)
@@ -28,25 +26,6 @@ POLICIES: list[tuple[str, int, str, int | None]] = [
 ]
 
 
-def _tokens(encoding) -> int:
-    return len(encoding.ids)
-
-
-def throughput(bundle: Bundle, texts: list[str], window: int, key: str, tolerance: int | None,
-               batch_size: int = 32) -> float:
-    spread = 10**6 if tolerance is None else tolerance
-    started = time.perf_counter()
-    for start in range(0, len(texts), window):
-        chunk = texts[start : start + window]
-        if key == "chars":
-            for batch in length_sorted_batches(chunk, batch_size, len, spread):
-                bundle.classify(batch)
-        else:
-            for batch in length_sorted_batches(bundle.tokenize(chunk), batch_size, _tokens, spread):
-                bundle.classify_encoded(batch)
-    return len(texts) / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--bundle", type=Path, default=default_bundle_path())
@@ -55,11 +34,12 @@ def main() -> None:
     args = parser.parse_args()
     bundle = Bundle(args.bundle, threads=1)
     texts = sentences(args.n)
-    throughput(bundle, texts[:256], 256, "tokens", 1)  # warm-up
+    batched_throughput(bundle, texts[:256], 256, 32)  # warm-up
     results: dict[str, list[float]] = {name: [] for name, *_ in POLICIES}
     for _ in range(args.rounds):
         for name, window, key, tolerance in POLICIES:
-            results[name].append(throughput(bundle, texts, window, key, tolerance))
+            spread = 10**6 if tolerance is None else tolerance
+            results[name].append(batched_throughput(bundle, texts, window, 32, spread, by=key))
     print(f"bare onnxruntime, {args.bundle.name}, 1 thread, {len(texts)} sentences, batches of ≤ 32; "
           f"sentences/s per round\n")
     print("| policy | sentences/s |\n|---|---:|")

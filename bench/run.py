@@ -47,19 +47,33 @@ def sentences(n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
-    """The limit: the worker's batches without Kafka. Like the worker, take the texts a poll
-    at a time (``batch_size × POLL_BATCHES``), tokenize them together and run batches sorted by
-    token count."""
-    bundle = Bundle(bundle_dir, threads=threads)
-    window = batch_size * POLL_BATCHES
-    bundle.classify(texts[:batch_size])  # warm-up
+def _tokens(encoding) -> int:
+    return len(encoding.ids)
+
+
+def batched_throughput(bundle: Bundle, texts: list[str], window: int, batch_size: int,
+                       tolerance: int = 1, by: str = "tokens") -> float:
+    """Sentences/s through ``bundle`` taking ``window`` texts at a time, sorted ``by`` tokens (the
+    window tokenized together) or characters, in batches of ≤ ``batch_size`` whose lengths differ
+    by ≤ ``tolerance``."""
     started = time.perf_counter()
     for start in range(0, len(texts), window):
-        encoded = bundle.tokenize(texts[start : start + window])
-        for batch in length_sorted_batches(encoded, batch_size, lambda e: len(e.ids)):
-            bundle.classify_encoded(batch)
+        chunk = texts[start : start + window]
+        if by == "chars":
+            for batch in length_sorted_batches(chunk, batch_size, len, tolerance):
+                bundle.classify(batch)
+        else:
+            for batch in length_sorted_batches(bundle.tokenize(chunk), batch_size, _tokens, tolerance):
+                bundle.classify_encoded(batch)
     return len(texts) / (time.perf_counter() - started)
+
+
+def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
+    """The limit: the worker's batches without Kafka — a poll's worth of texts at a time
+    (``batch_size × POLL_BATCHES``), tokenized together, batched by token count."""
+    bundle = Bundle(bundle_dir, threads=threads)
+    bundle.classify(texts[:batch_size])  # warm-up
+    return batched_throughput(bundle, texts, batch_size * POLL_BATCHES, batch_size)
 
 
 class Topics:
