@@ -11,6 +11,7 @@ gate in ``export/quantize.py`` decides what may ship. Needs the export extra (on
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +20,12 @@ import numpy as np
 import onnxruntime as ort
 
 from export import data
+from export import quantize as quant
 from worker.batching import length_sorted_batches
 from worker.bundle import Bundle
 
 
-def variants(fp32_model: Path, out: Path) -> dict[str, Path]:
+def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, Path]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -41,6 +43,10 @@ def variants(fp32_model: Path, out: Path) -> dict[str, Path]:
         path = out / f"nbits-{block}.onnx"
         onnx.save(quantizer.model.model, path)
         made[f"MatMulNBits 8-bit, blocks of {block}, int8 compute"] = path
+    for method in quant.METHODS:
+        if method in ("weight-only", "dynamic-smoothed"):
+            quant.quantize(fp32_model.parent, out / method, method=method, calibration_texts=calibration)
+            made[f"export.quantize --method {method}"] = out / method / "model.onnx"
     return made
 
 
@@ -48,6 +54,9 @@ def run(model: Path, bundle: Bundle, encodings: list, batches: list[list[int]]) 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    manifest = model.parent / "manifest.json"  # a bundle's own session settings, as the worker applies them
+    for key, value in (json.loads(manifest.read_text()).get("session_config", {}) if manifest.exists() else {}).items():
+        options.add_session_config_entry(key, str(value))
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     logits = np.zeros((len(encodings), len(bundle.labels)), np.float32)
     session.run(None, bundle.feed([encodings[i] for i in batches[len(batches) // 2]]))  # warm-up
@@ -63,14 +72,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     bundle = Bundle(args.fp32_bundle, threads=1)
-    texts, labels = data.load(data.default_cache_dir()).part("test")[:2]
+    dataset = data.load(data.default_cache_dir())
+    texts, labels = dataset.part("test")[:2]
     encodings = bundle.tokenize(texts)
     batches = length_sorted_batches(list(range(len(texts))), 32, lambda i: len(encodings[i].ids))
     print(f"{args.fp32_bundle}: {len(texts)} test sentences, 1 thread, batches of ≤ 32 of equal length\n")
     print("| model | sentences/s | × fp32 | agreement with fp32 | accuracy | max abs Δlogit |")
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        made = variants(args.fp32_bundle / "model.onnx", Path(tmp))
+        made = variants(args.fp32_bundle / "model.onnx", Path(tmp), dataset.part("train")[0][:512])
         for _ in range(args.rounds):
             base_rate, base = run(args.fp32_bundle / "model.onnx", bundle, encodings, batches)
             print(f"| fp32 | {base_rate:.0f} | 1.00 | 100 % | {(base.argmax(1) == labels).mean():.4f} | 0 |")

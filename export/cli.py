@@ -39,6 +39,7 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
     from export import data as data_mod
     from export import onnx_export
     from export import quantize as quant
+    from export.errors import QuantizationGateError
     from export.onnx_export import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
@@ -52,20 +53,29 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
     typer.echo(f"fp32 export {fp32_dir}: parity {json.dumps(exported.parity)}")
     figures = {"parity": exported.parity}
     if quantize:
-        shutil.rmtree(out, ignore_errors=True)
         calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
-        quant.quantize(fp32_dir, out, method=method, calibration_texts=calib)
         texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else \
             (onnx_export.SAMPLE_SENTENCES, None)
-        try:
-            gate = quant.gate(fp32_dir, out, texts, y)
-        except Exception:
-            shutil.rmtree(out, ignore_errors=True)  # a refused int8 bundle is not left behind
-            raise
+        candidates = quant.AUTO_ORDER if method == "auto" else (method,)
+        refused = []
+        for attempt, method in enumerate(candidates, start=1):
+            shutil.rmtree(out, ignore_errors=True)
+            quant.quantize(fp32_dir, out, method=method, calibration_texts=calib)
+            try:
+                gate = quant.gate(fp32_dir, out, texts, y)
+                break
+            except QuantizationGateError as err:
+                shutil.rmtree(out, ignore_errors=True)  # a refused int8 bundle is not left behind
+                if attempt == len(candidates):
+                    raise
+                refused.append({"method": method, "gate": err.figures, "failed": err.failed})
+                typer.echo(f"int8 {method} refused ({'; '.join(err.failed)}); trying the next method")
         typer.echo(f"int8 {out} ({method}) accepted: {json.dumps(gate)}")
         manifest_path = out / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["quantization"]["gate"] = gate
+        if refused:
+            manifest["quantization"]["refused"] = refused
         manifest["parity"] = exported.parity
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         figures["int8_gate"] = gate
@@ -77,7 +87,7 @@ def onnx_cmd(
     model: Annotated[Path, typer.Option(help="Hugging Face checkpoint directory")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")],
     quantize: Annotated[str | None, typer.Option(help="int8")] = None,
-    method: Annotated[str, typer.Option(help="int8 method, see README")] = "weight-only",
+    method: Annotated[str, typer.Option(help="int8 method, see README; auto: the fastest the gate accepts")] = "auto",
     name: Annotated[str | None, typer.Option(help="bundle name; default: checkpoint dir name")] = None,
     version: Annotated[str, typer.Option(help="bundle version")] = "1.0.0",
     max_length: Annotated[int | None, typer.Option(help="max tokens; default: the tokenizer's (≤ 512)")] = None,
@@ -125,7 +135,7 @@ def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: s
     from export import evaluate
     from export.onnx_export import write_manifest
 
-    build_bundle(checkpoint, out, quantize="int8", method="weight-only",
+    build_bundle(checkpoint, out, quantize="int8", method="auto",
                  name="sst5-minilm", version=version, max_length=summary["config"]["max_length"],
                  extra={"training": summary})
     fp32 = evaluate.evaluate_bundle(out.with_name(out.name + "-fp32"), dataset)

@@ -133,3 +133,44 @@ def test_cli_bad_checkpoint_prints_one_line(tmp_path) -> None:
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no config.json" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_smoothing_moves_scale_into_weights_without_changing_fp32_outputs(exported, kind, tmp_path) -> None:
+    import onnx
+
+    model = onnx.load(str(exported[kind] / "model.onnx"))
+    bundle = Bundle(exported[kind])
+    nodes = quant.encoder_matmuls(model)
+    assert len(nodes) >= 12  # Q, K, V, attention out, FFN in, FFN out in each of ≥ 2 layers
+    peak = quant.activation_abs_max(model, bundle, onnx_export.SAMPLE_SENTENCES, sorted({n.input[0] for n in nodes}))
+    assert quant.smooth_matmul_inputs(model, nodes, peak) >= 8  # Q, K and V share one input
+    smoothed = tmp_path / "smoothed"
+    shutil.copytree(exported[kind], smoothed)
+    onnx.save(model, str(smoothed / "model.onnx"))
+    onnx_export.write_manifest(smoothed, json.loads((smoothed / "manifest.json").read_text()))
+    texts = onnx_export.SAMPLE_SENTENCES
+    assert np.abs(Bundle(smoothed).logits(texts) - bundle.logits(texts)).max() <= 1e-4
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smoothed") for n in model.graph.node) >= 8
+
+
+def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, monkeypatch) -> None:
+    from export import cli
+
+    real_gate, seen = quant.gate, []
+
+    def gate(fp32_dir, int8_dir, texts, labels):
+        method = json.loads((int8_dir / "manifest.json").read_text())["quantization"]["method"]
+        seen.append(method)
+        if method == quant.AUTO_ORDER[0]:
+            raise QuantizationGateError({"label_agreement": 0.5}, ["labels agree with fp32 on 50.0% of sentences"])
+        return real_gate(fp32_dir, int8_dir, texts, labels)
+
+    monkeypatch.setattr(quant, "gate", gate)
+    checkpoint = make_checkpoint("bert", tmp_path / "ckpt")
+    cli.build_bundle(checkpoint, tmp_path / "int8", quantize="int8", method="auto", name="tiny", version="1",
+                     max_length=None)
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert seen == list(quant.AUTO_ORDER[:2])
+    assert manifest["quantization"]["method"] == quant.AUTO_ORDER[1]
+    assert manifest["quantization"]["refused"][0]["method"] == quant.AUTO_ORDER[0]
