@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, P
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger().setLevel(logging.WARNING)  # that module turns the root logger to INFO
 
     made = {}
     for per_channel in (False, True):
