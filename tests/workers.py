@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,12 +100,15 @@ def json_items(n: int, keys: int = 5, prefix: str = "m") -> list[tuple[bytes, by
 
 
 def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 90,
-            isolation: str = "read_committed") -> list:
+            isolation: str = "read_committed", until: Callable[[list], bool] | None = None) -> list:
+    """Records from ``topics`` once ``want`` of them arrived, or once ``until(records)`` holds:
+    under at-least-once, ``want`` records may include duplicates while others are still due."""
+    done = until or (lambda got: len(got) >= want)
     consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, isolation_level=isolation, group_id=None)
     got: list = []
     deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
+    while not done(got) and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=300).values():
             got.extend(records)
     # a little longer, to see duplicates or strays that should not be there
