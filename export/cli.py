@@ -96,6 +96,10 @@ def onnx_cmd(
     _require_export_extra()
     if quantize not in (None, "int8"):
         raise typer.BadParameter("only int8 is supported", param_hint="--quantize")
+    from export.quantize import METHODS
+
+    if method not in ("auto", *METHODS):
+        raise typer.BadParameter(f"choose auto or one of {', '.join(METHODS)}", param_hint="--method")
     build_bundle(model, out, quantize=quantize, method=method, name=name, version=version,
                  max_length=max_length)
 

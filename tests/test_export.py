@@ -174,3 +174,11 @@ def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, mon
     assert seen == list(quant.AUTO_ORDER[:2])
     assert manifest["quantization"]["method"] == quant.AUTO_ORDER[1]
     assert manifest["quantization"]["refused"][0]["method"] == quant.AUTO_ORDER[0]
+
+
+def test_cli_unknown_int8_method_prints_one_line(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "worker", "export", "onnx", "--model", str(tmp_path),
+                             "--out", str(tmp_path / "o"), "--quantize", "int8", "--method", "fast"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--method" in result.stderr and "dynamic-smoothed" in result.stderr
