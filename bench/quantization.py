@@ -46,10 +46,9 @@ def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, P
         path = out / f"nbits-{block}.onnx"
         onnx.save(quantizer.model.model, path)
         made[f"MatMulNBits 8-bit, blocks of {block}, int8 compute"] = path
-    for method in quant.METHODS:
-        if method in ("weight-only", "dynamic-smoothed"):
-            quant.quantize(fp32_model.parent, out / method, method=method, calibration_texts=calibration)
-            made[f"export.quantize --method {method}"] = out / method / "model.onnx"
+    for method in quant.AUTO_ORDER:  # what `export --method auto` chooses from
+        quant.quantize(fp32_model.parent, out / method, method=method, calibration_texts=calibration)
+        made[f"export.quantize --method {method}"] = out / method / "model.onnx"
     return made
 
 
