@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from export import data
 from export import quantize as quant
-from worker.batching import length_sorted_batches
+from worker.batching import token_batches
 from worker.bundle import Bundle
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     dataset = data.load(data.default_cache_dir())
     texts, labels = dataset.part("test")[:2]
     encodings = bundle.tokenize(texts)
-    batches = length_sorted_batches(list(range(len(texts))), 32, lambda i: len(encodings[i].ids))
+    batches = token_batches(encodings, 32)
     print(f"{args.fp32_bundle}: {len(texts)} test sentences, 1 thread, batches of ≤ 32 of equal length\n")
     print("| model | sentences/s | × fp32 | agreement with fp32 | accuracy | max abs Δlogit |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -58,9 +58,9 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
             (onnx_export.SAMPLE_SENTENCES, None)
         candidates = quant.AUTO_ORDER if method == "auto" else (method,)
         refused = []
-        for attempt, method in enumerate(candidates, start=1):
+        for attempt, candidate in enumerate(candidates, start=1):
             shutil.rmtree(out, ignore_errors=True)
-            quant.quantize(fp32_dir, out, method=method, calibration_texts=calib)
+            quant.quantize(fp32_dir, out, method=candidate, calibration_texts=calib)
             try:
                 gate = quant.gate(fp32_dir, out, texts, y)
                 break
@@ -68,9 +68,9 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
                 shutil.rmtree(out, ignore_errors=True)  # a refused int8 bundle is not left behind
                 if attempt == len(candidates):
                     raise
-                refused.append({"method": method, "gate": err.figures, "failed": err.failed})
-                typer.echo(f"int8 {method} refused ({'; '.join(err.failed)}); trying the next method")
-        typer.echo(f"int8 {out} ({method}) accepted: {json.dumps(gate)}")
+                refused.append({"method": candidate, "gate": err.figures, "failed": err.failed})
+                typer.echo(f"int8 {candidate} refused ({'; '.join(err.failed)}); trying the next method")
+        typer.echo(f"int8 {out} ({candidate}) accepted: {json.dumps(gate)}")
         manifest_path = out / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["quantization"]["gate"] = gate

@@ -49,6 +49,9 @@ MAX_MACRO_F1_DROP = 0.015
 SMOOTH_ALPHA = 0.85  # seed-1 model, all MatMuls int8: 0.5 -> 91.8 % agreement, 0.75 -> 97.7 %, 0.85 -> 98.2 %
 
 
+FFN_OUTPUT = re.compile(r"(layer\.\d+/output/dense|ffn/lin2)/(MatMul|Gemm)")
+
+
 def _matmul_nodes(model_path: Path) -> list[str]:
     import onnx
 
@@ -59,8 +62,7 @@ def _matmul_nodes(model_path: Path) -> list[str]:
 def ffn_output_nodes(model_path: Path) -> list[str]:
     """The second dense layer of each feed-forward block (BERT ``output.dense``, DistilBERT
     ``ffn.lin2``), excluding the attention output projection."""
-    pattern = re.compile(r"(layer\.\d+/output/dense|ffn/lin2)/(MatMul|Gemm)")
-    return [n for n in _matmul_nodes(model_path) if pattern.search(n)]
+    return [n for n in _matmul_nodes(model_path) if FFN_OUTPUT.search(n)]
 
 
 def encoder_matmuls(model) -> list:
@@ -76,7 +78,7 @@ def activation_abs_max(model, bundle: Bundle, texts: list[str], tensors: list[st
     import onnxruntime as ort
     from onnx import helper
 
-    from worker.batching import length_sorted_batches
+    from worker.batching import token_batches
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -84,7 +86,7 @@ def activation_abs_max(model, bundle: Bundle, texts: list[str], tensors: list[st
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     encodings = bundle.tokenize(texts)
     peak = {t: np.zeros(0, np.float32) for t in tensors}
-    for batch in length_sorted_batches(list(range(len(texts))), 32, lambda i: len(encodings[i].ids)):
+    for batch in token_batches(encodings, 32):
         values = session.run(tensors, bundle.feed([encodings[i] for i in batch]))
         for t, v in zip(tensors, values, strict=True):
             channel_max = np.abs(v).reshape(-1, v.shape[-1]).max(0)
@@ -130,8 +132,7 @@ def _dynamic_smoothed(prepared: Path, target: Path, bundle: Bundle, texts: list[
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(prepared))
-    keep_fp32 = set(ffn_output_nodes(prepared))
-    chosen = [n for n in encoder_matmuls(model) if n.name not in keep_fp32]
+    chosen = [n for n in encoder_matmuls(model) if not FFN_OUTPUT.search(n.name)]
     abs_max = activation_abs_max(model, bundle, texts, sorted({n.input[0] for n in chosen}))
     smooth_matmul_inputs(model, chosen, abs_max)
     smoothed = prepared.with_name("smoothed.onnx")
@@ -206,38 +207,49 @@ def quantize_embeddings_per_row(model, min_rows: int = 1024, dtype: str = "int8"
     return rewritten
 
 
-def quantize_matmul_weights_per_channel(model) -> int:
-    """Every MatMul with a constant 2-D weight keeps it as int8, one scale per output column,
-    behind a ``DequantizeLinear`` (QDQ, weights only). Returns how many were rewritten."""
-    from onnx import helper, numpy_helper
+def _rewrite_matmul_weights(model, rewrite) -> int:
+    """For every MatMul whose weight is a constant 2-D fp32 initializer: remove it and insert
+    ``rewrite(name, array)`` -> (new initializers, nodes that produce ``name``) before the MatMul.
+    Returns how many were rewritten."""
+    import onnx
+    from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     nodes, rewritten = [], 0
     for node in model.graph.node:
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if weight is None or len(weight.dims) != 2:
+        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or len(weight.dims) != 2:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weight)
-        # Two-sided scales: rows first (square root of each row's range), then one per column.
-        rows = np.sqrt(np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8)).astype(np.float32)
-        scale = (np.maximum(np.abs(w / rows).max(axis=0), 1e-8) / 127.0).astype(np.float32)
-        q = np.clip(np.round(w / rows / scale), -127, 127).astype(np.int8)
+        new_inits, producers = rewrite(weight.name, numpy_helper.to_array(weight))
         model.graph.initializer.remove(weight)
         inits.pop(weight.name)
-        name = weight.name
-        model.graph.initializer.extend([numpy_helper.from_array(q, name + "_q8"),
-                                        numpy_helper.from_array(scale, name + "_scale"),
-                                        numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zp"),
-                                        numpy_helper.from_array(rows, name + "_rows")])
-        nodes += [helper.make_node("DequantizeLinear", [name + "_q8", name + "_scale", name + "_zp"],
-                                   [name + "_cols"], axis=1, name=node.name + "_dequant"),
-                  helper.make_node("Mul", [name + "_cols", name + "_rows"], [name], name=node.name + "_rows"),
-                  node]
+        model.graph.initializer.extend(new_inits)
+        nodes += [*producers, node]
         rewritten += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return rewritten
+
+
+def quantize_matmul_weights_per_channel(model) -> int:
+    """Every MatMul with a constant 2-D weight keeps it as int8, one scale per output column,
+    behind a ``DequantizeLinear`` (QDQ, weights only). Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    def rewrite(name: str, w: np.ndarray):
+        # Two-sided scales: rows first (square root of each row's range), then one per column.
+        rows = np.sqrt(np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8)).astype(np.float32)
+        scale = (np.maximum(np.abs(w / rows).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+        q = np.clip(np.round(w / rows / scale), -127, 127).astype(np.int8)
+        return ([numpy_helper.from_array(q, name + "_q8"), numpy_helper.from_array(scale, name + "_scale"),
+                 numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zp"),
+                 numpy_helper.from_array(rows, name + "_rows")],
+                [helper.make_node("DequantizeLinear", [name + "_q8", name + "_scale", name + "_zp"],
+                                  [name + "_cols"], axis=1, name=name + "_dequant"),
+                 helper.make_node("Mul", [name + "_cols", name + "_rows"], [name], name=name + "_rows")])
+
+    return _rewrite_matmul_weights(model, rewrite)
 
 
 def store_matmul_weights_fp16(model) -> int:
@@ -247,22 +259,11 @@ def store_matmul_weights_fp16(model) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes, rewritten = [], 0
-    for node in model.graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or len(weight.dims) != 2:
-            nodes.append(node)
-            continue
-        half = numpy_helper.from_array(numpy_helper.to_array(weight).astype(np.float16), weight.name + "_f16")
-        model.graph.initializer.remove(weight)
-        model.graph.initializer.append(half)
-        nodes += [helper.make_node("Cast", [half.name], [weight.name], to=onnx.TensorProto.FLOAT,
-                                   name=node.name + "_weight_f16"), node]
-        rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return rewritten
+    def rewrite(name: str, w: np.ndarray):
+        return ([numpy_helper.from_array(w.astype(np.float16), name + "_f16")],
+                [helper.make_node("Cast", [name + "_f16"], [name], to=onnx.TensorProto.FLOAT, name=name + "_f16")])
+
+    return _rewrite_matmul_weights(model, rewrite)
 
 
 # The weight-only bundle asks the loader to fold the DequantizeLinear of constant weights at load
@@ -332,11 +333,11 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
 def batched_logits(bundle: Bundle, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Logits in input order, over the batches the worker forms: ≤ ``batch_size`` sentences of
     (nearly) equal token count, so that padding does not widen dynamic activation ranges."""
-    from worker.batching import length_sorted_batches
+    from worker.batching import token_batches
 
     encodings = bundle.tokenize(texts)
     out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)
-    for batch in length_sorted_batches(list(range(len(texts))), batch_size, lambda i: len(encodings[i].ids)):
+    for batch in token_batches(encodings, batch_size):
         out[batch] = bundle.logits_of([encodings[i] for i in batch])
     return out
 

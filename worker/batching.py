@@ -62,6 +62,13 @@ def length_sorted_batches(items: Sequence[T], size: int, length: Callable[[T], i
     return batches
 
 
+def token_batches(encodings: Sequence, size: int) -> list[list[int]]:
+    """Indices of ``encodings`` (tokenizers ``Encoding``) grouped the way the worker batches them:
+    ≤ ``size`` per batch, token counts within 1. For tools that compare models on the worker's
+    batches (export gate, calibration, benchmarks)."""
+    return length_sorted_batches(list(range(len(encodings))), size, lambda i: len(encodings[i].ids))
+
+
 def next_offsets(records: Sequence) -> dict[tuple[str, int], int]:
     """Per (topic, partition): the offset to commit once ``records`` are all accounted for."""
     out: dict[tuple[str, int], int] = {}
