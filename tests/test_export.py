@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="the export extra is part of `make test`")
 from export import onnx_export
 from export import quantize as quant
 from export.errors import CheckpointError, ParityError, QuantizationGateError
