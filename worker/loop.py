@@ -148,7 +148,6 @@ class Worker:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
         for records in polled.values():
             self.collector.add(records)
-            self.metrics.consumed.inc(len(records))
         if self.collector.ready(drained=timeout_ms == 0 and not polled):
             self.process(self.collector.take())
         else:
@@ -156,6 +155,8 @@ class Worker:
 
     def process(self, records: Sequence) -> None:
         """Classify and publish ``records``; hand their offsets to the delivery strategy."""
+        # Counted here, not at poll: records dropped on a revoke are counted once, by their new owner.
+        self.metrics.consumed.inc(len(records))
         outcomes = [self._decode(r) for r in records]
         predictions = self._infer([s for o in outcomes for s in o.sentences], outcomes)
         self.delivery.begin()

@@ -31,7 +31,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         r = registry
         self.consumed = Counter("sentistream_messages_consumed_total",
-                                "Input records consumed.", registry=r)
+                                "Input records taken into a batch by this worker.", registry=r)
         self.classified = Counter("sentistream_messages_classified_total",
                                   "Sentences classified and published, by label.", ["label"], registry=r)
         self.dead_lettered = Counter("sentistream_messages_dead_lettered_total",
