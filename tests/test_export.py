@@ -153,6 +153,39 @@ def test_smoothing_moves_scale_into_weights_without_changing_fp32_outputs(export
     assert sum(n.op_type == "Mul" and n.name.endswith("_smoothed") for n in model.graph.node) >= 8
 
 
+def _one_matmul(x: np.ndarray, w: np.ndarray, per_token: bool):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/encoder/layer.0/attention/self/query/MatMul")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, None, w.shape[0]])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if per_token:
+        assert quant.quantize_matmuls_per_token(model, quant.encoder_matmuls(model)) == 1
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_per_token_int8_keeps_ordinary_tokens_exact_beside_an_outlier_token() -> None:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 32)) * 0.05).astype(np.float32)
+    x = rng.standard_normal((2, 8, 64)).astype(np.float32)
+    x[0, 0, 5] = 100.0  # one token with a massive activation, as [CLS] has in MiniLM
+    exact = _one_matmul(x, w, per_token=False)
+    y = _one_matmul(x, w, per_token=True)
+    ordinary = np.ones(x.shape[:2], bool)
+    ordinary[0, 0] = False
+    def relative_error(approx: np.ndarray) -> np.ndarray:  # per token, against its largest output
+        return np.abs(approx - exact).max(-1) / np.abs(exact).max(-1)
+
+    assert relative_error(y)[ordinary].max() < 0.03 and relative_error(y)[0, 0] < 0.05
+    per_tensor_step = 100.0 / 127  # what one scale for the whole tensor would give every token
+    assert relative_error(np.round(x / per_tensor_step) * per_tensor_step @ w)[ordinary].max() > 0.3
+    assert np.abs(y - exact).max() > 0  # it is int8: not bit-exact
+
+
 def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, monkeypatch) -> None:
     from export import cli
 
@@ -161,7 +194,7 @@ def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, mon
     def gate(fp32_dir, int8_dir, texts, labels):
         method = json.loads((int8_dir / "manifest.json").read_text())["quantization"]["method"]
         seen.append(method)
-        if method == quant.AUTO_ORDER[0]:
+        if method != quant.AUTO_ORDER[-1]:
             raise QuantizationGateError({"label_agreement": 0.5}, ["labels agree with fp32 on 50.0% of sentences"])
         return real_gate(fp32_dir, int8_dir, texts, labels)
 
@@ -170,9 +203,9 @@ def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, mon
     cli.build_bundle(checkpoint, tmp_path / "int8", quantize="int8", method="auto", name="tiny", version="1",
                      max_length=None)
     manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
-    assert seen == list(quant.AUTO_ORDER[:2])
-    assert manifest["quantization"]["method"] == quant.AUTO_ORDER[1]
-    assert manifest["quantization"]["refused"][0]["method"] == quant.AUTO_ORDER[0]
+    assert seen == list(quant.AUTO_ORDER)
+    assert manifest["quantization"]["method"] == quant.AUTO_ORDER[-1]
+    assert [r["method"] for r in manifest["quantization"]["refused"]] == list(quant.AUTO_ORDER[:-1])
 
 
 def test_cli_unknown_int8_method_prints_one_line(tmp_path) -> None:

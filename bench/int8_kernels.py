@@ -1,0 +1,100 @@
+"""One encoder MatMul three ways on onnxruntime's CPU kernels: why per-token int8 does not pay here.
+
+    python -m bench.int8_kernels [--tokens 640] [--repeat 200]
+
+The default model's int8 drift comes from activation outliers in a few tokens (README
+"Quantization"); one scale per token would hold them, but onnxruntime's fused dynamic int8 MatMul
+takes one scale per tensor. Per-token int8 has to be spelled out as ordinary operators (abs max
+per row, scale, round, MatMulInteger, rescale). This script times, for MiniLM's three MatMul
+shapes (hidden 384, FFN 1536) on ``--tokens`` rows (32 sentences of 20 tokens):
+
+- fp32 ``MatMul``;
+- ``DynamicQuantizeMatMul`` (uint8 activations, one scale per tensor; int8 weights per column);
+- per-token: uint8 activations with one scale per row (zero point 128) into ``MatMulInteger``.
+
+1 thread; ratios are against fp32 in the same run. Needs only onnx and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+SHAPES = ((384, 384), (384, 1536), (1536, 384))  # attention projections, FFN input, FFN output
+
+
+def _session(nodes: list, inits: dict[str, np.ndarray], k: int) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, name) for name, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def sessions(w: np.ndarray) -> dict[str, ort.InferenceSession]:
+    k, n = w.shape
+    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+    per_token = [
+        helper.make_node("Abs", ["x"], ["abs"]),
+        helper.make_node("ReduceMax", ["abs"], ["row_max"], axes=[-1], keepdims=1),
+        helper.make_node("Max", ["row_max", "tiny"], ["row_max_"]),
+        helper.make_node("Div", ["row_max_", "c127"], ["x_scale"]),
+        helper.make_node("Div", ["x", "x_scale"], ["x_scaled"]),
+        helper.make_node("Round", ["x_scaled"], ["x_round"]),
+        helper.make_node("Add", ["x_round", "c128"], ["x_shift"]),
+        helper.make_node("Cast", ["x_shift"], ["x_q"], to=TensorProto.UINT8),
+        helper.make_node("MatMulInteger", ["x_q", "w_q", "zp128"], ["y_int"]),
+        helper.make_node("Cast", ["y_int"], ["y_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x_scale", "w_scale"], ["scale"]),
+        helper.make_node("Mul", ["y_f", "scale"], ["y"]),
+    ]
+    return {
+        "fp32 MatMul": _session([helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w}, k),
+        "dynamic int8, per tensor": _session(
+            [helper.make_node("DynamicQuantizeMatMul", ["x", "w_q", "w_scale", "w_zp"], ["y"], domain="com.microsoft")],
+            {"w_q": w_q, "w_scale": w_scale, "w_zp": np.zeros(n, np.int8)}, k),
+        "int8, per token": _session(per_token, {
+            "w_q": w_q, "w_scale": w_scale, "tiny": np.float32(1e-8), "c127": np.float32(127),
+            "c128": np.float32(128), "zp128": np.uint8(128)}, k),
+    }
+
+
+def timed(session: ort.InferenceSession, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+    y = session.run(None, {"x": x})[0]
+    for _ in range(repeat // 10):
+        session.run(None, {"x": x})
+    started = time.perf_counter()
+    for _ in range(repeat):
+        session.run(None, {"x": x})
+    return (time.perf_counter() - started) / repeat * 1e3, y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tokens", type=int, default=640)
+    parser.add_argument("--repeat", type=int, default=200)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; {args.tokens} rows, 1 thread\n")
+    print("| K × N | kernel | ms | × fp32 | max abs error |")
+    print("|---|---|---:|---:|---:|")
+    for k, n in SHAPES:
+        w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+        x = rng.standard_normal((args.tokens, k)).astype(np.float32)
+        base_ms = None
+        for name, session in sessions(w).items():
+            ms, y = timed(session, x, args.repeat)
+            base_ms = base_ms or ms
+            print(f"| {k} × {n} | {name} | {ms:.3f} | {base_ms / ms:.2f} | {np.abs(y - x @ w).max():.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
