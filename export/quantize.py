@@ -235,11 +235,14 @@ def _per_token_smoothed(prepared: Path, target: Path, bundle: Bundle, texts: lis
 
 
 class _Calibration:
-    """Feeds tokenized calibration sentences, one batch at a time (onnxruntime's reader API)."""
+    """Feeds calibration sentences in the worker's batches (equal token counts), one at a time
+    (onnxruntime's calibration reader API)."""
 
     def __init__(self, bundle: Bundle, texts: list[str], batch_size: int = 16) -> None:
-        texts = sorted(texts, key=len)
-        self.feeds = iter([bundle.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+        from worker.batching import token_batches
+
+        encodings = bundle.tokenize(texts)
+        self.feeds = iter([bundle.feed([encodings[i] for i in batch]) for batch in token_batches(encodings, batch_size)])
 
     def get_next(self):
         return next(self.feeds, None)
