@@ -63,3 +63,13 @@ def test_settings_from_env_and_secrets_not_in_public_view(monkeypatch) -> None:
 def test_sasl_without_credentials_is_refused() -> None:
     with pytest.raises(ValueError, match="needs sasl_mechanism"):
         Settings(security_protocol="SASL_PLAINTEXT")
+
+
+def test_export_without_the_export_extra_prints_one_line_naming_it(tmp_path) -> None:
+    # A runtime-only install (`make demo`, `pip install .`): torch and transformers cannot be found.
+    code = ("import sys; sys.modules.update(torch=None, transformers=None); from worker.cli import main; "
+            f"main(['export', 'onnx', '--model', {str(tmp_path)!r}, '--out', {str(tmp_path / 'out')!r}])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "export extra (torch, transformers missing)" in result.stderr
