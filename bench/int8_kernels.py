@@ -10,9 +10,10 @@ shapes (hidden 384, FFN 1536) on ``--tokens`` rows (32 sentences of 20 tokens):
 
 - fp32 ``MatMul``;
 - ``DynamicQuantizeMatMul`` (uint8 activations, one scale per tensor; int8 weights per column);
-- per-token: uint8 activations with one scale per row (zero point 128) into ``MatMulInteger``.
+- per-token: ``export.quantize.quantize_matmuls_per_token`` (uint8 activations with one scale
+  per row, zero point 128, into ``MatMulInteger``), as ``--method per-token-smoothed`` builds it.
 
-1 thread; ratios are against fp32 in the same run. Needs only onnx and onnxruntime.
+1 thread; ratios are against fp32 in the same run. Needs onnx and onnxruntime (no torch).
 """
 
 from __future__ import annotations
@@ -25,46 +26,36 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from export import quantize as quant
+
 SHAPES = ((384, 384), (384, 1536), (1536, 384))  # attention projections, FFN input, FFN output
 
 
-def _session(nodes: list, inits: dict[str, np.ndarray], k: int) -> ort.InferenceSession:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v, name) for name, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _model(node, inits: dict[str, np.ndarray], k: int) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, name) for name, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
 def sessions(w: np.ndarray) -> dict[str, ort.InferenceSession]:
     k, n = w.shape
+    fp32 = _model(helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul"), {"w": w}, k)
+    per_token = onnx.ModelProto()
+    per_token.CopyFrom(fp32)
+    quant.quantize_matmuls_per_token(per_token, list(per_token.graph.node))  # what --method per-token-smoothed does
     w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
     w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
-    per_token = [
-        helper.make_node("Abs", ["x"], ["abs"]),
-        helper.make_node("ReduceMax", ["abs"], ["row_max"], axes=[-1], keepdims=1),
-        helper.make_node("Max", ["row_max", "tiny"], ["row_max_"]),
-        helper.make_node("Div", ["row_max_", "c127"], ["x_scale"]),
-        helper.make_node("Div", ["x", "x_scale"], ["x_scaled"]),
-        helper.make_node("Round", ["x_scaled"], ["x_round"]),
-        helper.make_node("Add", ["x_round", "c128"], ["x_shift"]),
-        helper.make_node("Cast", ["x_shift"], ["x_q"], to=TensorProto.UINT8),
-        helper.make_node("MatMulInteger", ["x_q", "w_q", "zp128"], ["y_int"]),
-        helper.make_node("Cast", ["y_int"], ["y_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["x_scale", "w_scale"], ["scale"]),
-        helper.make_node("Mul", ["y_f", "scale"], ["y"]),
-    ]
-    return {
-        "fp32 MatMul": _session([helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w}, k),
-        "dynamic int8, per tensor": _session(
-            [helper.make_node("DynamicQuantizeMatMul", ["x", "w_q", "w_scale", "w_zp"], ["y"], domain="com.microsoft")],
-            {"w_q": w_q, "w_scale": w_scale, "w_zp": np.zeros(n, np.int8)}, k),
-        "int8, per token": _session(per_token, {
-            "w_q": w_q, "w_scale": w_scale, "tiny": np.float32(1e-8), "c127": np.float32(127),
-            "c128": np.float32(128), "zp128": np.uint8(128)}, k),
-    }
+    fused = helper.make_node("DynamicQuantizeMatMul", ["x", "w_q", "w_scale", "w_zp"], ["y"], domain="com.microsoft")
+    dynamic = _model(fused, {"w_q": w_q, "w_scale": w_scale, "w_zp": np.zeros(n, np.int8)}, k)
+    return {"fp32 MatMul": _session(fp32), "dynamic int8, per tensor": _session(dynamic),
+            "int8, per token": _session(per_token)}
 
 
 def timed(session: ort.InferenceSession, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
