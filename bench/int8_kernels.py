@@ -27,14 +27,13 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from export import quantize as quant
+from worker.bundle import session_options
 
 SHAPES = ((384, 384), (384, 1536), (1536, 384))  # attention projections, FFN input, FFN output
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def _model(node, inits: dict[str, np.ndarray], k: int) -> onnx.ModelProto:
@@ -50,8 +49,7 @@ def sessions(w: np.ndarray) -> dict[str, ort.InferenceSession]:
     per_token = onnx.ModelProto()
     per_token.CopyFrom(fp32)
     quant.quantize_matmuls_per_token(per_token, list(per_token.graph.node))  # what --method per-token-smoothed does
-    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+    w_q, w_scale = quant.int8_per_column(w)
     fused = helper.make_node("DynamicQuantizeMatMul", ["x", "w_q", "w_scale", "w_zp"], ["y"], domain="com.microsoft")
     dynamic = _model(fused, {"w_q": w_q, "w_scale": w_scale, "w_zp": np.zeros(n, np.int8)}, k)
     return {"fp32 MatMul": _session(fp32), "dynamic int8, per tensor": _session(dynamic),

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from export import data
 from export import quantize as quant
 from worker.batching import token_batches
-from worker.bundle import Bundle
+from worker.bundle import Bundle, session_options
 
 
 def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, Path]:
@@ -53,13 +53,9 @@ def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, P
 
 
 def run(model: Path, bundle: Bundle, encodings: list, batches: list[list[int]]) -> tuple[float, np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     manifest = model.parent / "manifest.json"  # a bundle's own session settings, as the worker applies them
-    for key, value in (json.loads(manifest.read_text()).get("session_config", {}) if manifest.exists() else {}).items():
-        options.add_session_config_entry(key, str(value))
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    config = json.loads(manifest.read_text()).get("session_config", {}) if manifest.exists() else {}
+    session = ort.InferenceSession(str(model), session_options(1, config), providers=["CPUExecutionProvider"])
     logits = np.zeros((len(encodings), len(bundle.labels)), np.float32)
     session.run(None, bundle.feed([encodings[i] for i in batches[len(batches) // 2]]))  # warm-up
     started = time.perf_counter()

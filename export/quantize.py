@@ -43,6 +43,7 @@ EMBEDDING_DTYPE = "int8"
 METHODS = ("weight-only", "dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out",
            "dynamic-smoothed", "per-token-smoothed", "static")
 DEFAULT_METHOD = "weight-only"
+CALIBRATED = ("dynamic-smoothed", "per-token-smoothed", "static")  # need calibration sentences
 # ``--method auto`` (the CLI default): the fastest first, the first that the gate accepts ships.
 AUTO_ORDER = ("per-token-smoothed", "dynamic-smoothed", "weight-only")
 
@@ -135,24 +136,46 @@ def smooth_matmul_inputs(model, nodes: list, abs_max: dict[str, np.ndarray], alp
     return len(consumers)
 
 
+def _smoothed_encoder(prepared: Path, bundle: Bundle, texts: list[str], alpha: float, keep=lambda node: True):
+    """The prepared model with the inputs of its chosen encoder MatMuls smoothed (calibrated on
+    ``texts``); returns it and the chosen nodes."""
+    import onnx
+
+    model = onnx.load(str(prepared))
+    chosen = [n for n in encoder_matmuls(model) if keep(n)]
+    abs_max = activation_abs_max(model, bundle, texts, sorted({n.input[0] for n in chosen}))
+    smooth_matmul_inputs(model, chosen, abs_max, alpha)
+    return model, chosen
+
+
+def _save_with_compact_leftovers(model, target: Path) -> None:
+    """MatMul weights still fp32 (the head; FFN outputs in dynamic-smoothed) stored fp16, folded
+    at load; the word embeddings int8 per row."""
+    import onnx
+
+    store_matmul_weights_fp16(model)
+    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
+    onnx.save(model, str(target))
+
+
 def _dynamic_smoothed(prepared: Path, target: Path, bundle: Bundle, texts: list[str]) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(prepared))
-    chosen = [n for n in encoder_matmuls(model) if not FFN_OUTPUT.search(n.name)]
-    abs_max = activation_abs_max(model, bundle, texts, sorted({n.input[0] for n in chosen}))
-    smooth_matmul_inputs(model, chosen, abs_max)
+    model, chosen = _smoothed_encoder(prepared, bundle, texts, SMOOTH_ALPHA, keep=lambda n: not FFN_OUTPUT.search(n.name))
     smoothed = prepared.with_name("smoothed.onnx")
     onnx.save(model, str(smoothed))
     names = {n.name for n in chosen}
     quantize_dynamic(str(smoothed), str(target), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul"],
                      nodes_to_exclude=[n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in names])
-    model = onnx.load(str(target))
-    store_matmul_weights_fp16(model)  # what stayed fp32 (FFN output, head) is stored fp16, folded at load
-    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
-    onnx.save(model, str(target))
+    _save_with_compact_leftovers(onnx.load(str(target)), target)
+
+
+def int8_per_column(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per output column: ``w ≈ q * scale``."""
+    scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
 def quantize_matmuls_per_token(model, nodes: list) -> int:
@@ -202,9 +225,7 @@ def quantize_matmuls_per_token(model, nodes: list) -> int:
                 helper.make_node("Cast", [p + "_shift"], [p + "_q"], to=onnx.TensorProto.UINT8, name=p + "_q"),
             ]
         weight = inits.pop(node.input[1])
-        w = numpy_helper.to_array(weight)
-        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
-        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        w_q, w_scale = int8_per_column(numpy_helper.to_array(weight))
         model.graph.initializer.remove(weight)
         model.graph.initializer.extend([numpy_helper.from_array(w_q, weight.name + "_q8"),
                                         numpy_helper.from_array(w_scale, weight.name + "_scale")])
@@ -222,16 +243,9 @@ def quantize_matmuls_per_token(model, nodes: list) -> int:
 
 
 def _per_token_smoothed(prepared: Path, target: Path, bundle: Bundle, texts: list[str]) -> None:
-    import onnx
-
-    model = onnx.load(str(prepared))
-    chosen = encoder_matmuls(model)
-    abs_max = activation_abs_max(model, bundle, texts, sorted({n.input[0] for n in chosen}))
-    smooth_matmul_inputs(model, chosen, abs_max, alpha=PER_TOKEN_ALPHA)
+    model, chosen = _smoothed_encoder(prepared, bundle, texts, PER_TOKEN_ALPHA)
     quantize_matmuls_per_token(model, chosen)
-    store_matmul_weights_fp16(model)  # the classification head
-    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
-    onnx.save(model, str(target))
+    _save_with_compact_leftovers(model, target)
 
 
 class _Calibration:
@@ -384,6 +398,8 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
 
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose from {', '.join(METHODS)}")
+    if method in CALIBRATED and not calibration_texts:
+        raise ValueError(f"{method} quantization needs calibration sentences")
     src = fp32_dir / "model.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(fp32_dir / "tokenizer.json", out_dir / "tokenizer.json")
@@ -394,13 +410,9 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
         if method == "weight-only":
             _weight_only(prepared, target)
         elif method in ("dynamic-smoothed", "per-token-smoothed"):
-            if not calibration_texts:
-                raise ValueError(f"{method} quantization needs calibration sentences")
             smoothed = _dynamic_smoothed if method == "dynamic-smoothed" else _per_token_smoothed
             smoothed(prepared, target, Bundle(fp32_dir, threads=2), calibration_texts)
         elif method == "static":
-            if not calibration_texts:
-                raise ValueError("static quantization needs calibration sentences")
             reader = _Calibration(Bundle(fp32_dir, threads=2), calibration_texts)
             quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,

@@ -74,6 +74,23 @@ class Prediction:
     scores: dict[str, float]
 
 
+def session_options(threads: int, session_config: dict | None = None):
+    """The worker's onnxruntime settings: ``threads`` intra-op, sequential, all graph
+    optimizations, no spinning, plus a bundle manifest's ``session_config`` entries."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between batches: an idle worker should cost ~0 CPU.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (session_config or {}).items():  # e.g. fold int8 weights at load
+        options.add_session_config_entry(str(key), str(value))
+    return options
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -116,15 +133,7 @@ class Bundle:
             pad_id = self.tokenizer.token_to_id("<pad>")
         self.pad_id = pad_id or 0
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between batches: an idle worker should cost ~0 CPU.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for key, value in m.extra.get("session_config", {}).items():  # e.g. fold int8 weights at load
-            options.add_session_config_entry(str(key), str(value))
+        options = session_options(threads, m.extra.get("session_config", {}))
         try:
             self.session = ort.InferenceSession(
                 str(self.path / "model.onnx"), options,
