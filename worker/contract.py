@@ -7,13 +7,14 @@ reason code; it never raises on bad input. Output and dead-letter records are bu
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "1.1"  # 1.1: results gained "tokens" and "truncated"
 HEADER_PREFIX = "sentistream-"
 
 
@@ -25,8 +26,13 @@ class Reason(StrEnum):
     MISSING_TEXT = "missing_text"
     INVALID_FIELD = "invalid_field"
     EMPTY_TEXT = "empty_text"
+    NOT_AN_OBJECT = "not_an_object"
     TOO_LARGE = "too_large"
+    TOO_MANY_SENTENCES = "too_many_sentences"
     MODEL_ERROR = "model_error"
+    RESULT_TOO_LARGE = "result_too_large"
+    PUBLISH_FAILED = "publish_failed"
+    UNREADABLE_RECORD = "unreadable_record"
 
 
 class RawRecord(Protocol):
@@ -38,7 +44,7 @@ class RawRecord(Protocol):
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
 # -- schemas ---------------------------------------------------------------------------------
@@ -46,8 +52,9 @@ class InputMessage(BaseModel):
     """A JSON input record. Extra fields are carried through under ``meta``."""
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
-    id: str | int | None = Field(default=None, description="your id; default: topic/partition/offset")
-    text: str = Field(description="a sentence, or a whole review when sentence splitting is on")
+    id: StrictStr | StrictInt | None = Field(default=None, description="your id (string or integer); "
+                                             "default: topic/partition/offset")
+    text: StrictStr = Field(description="a sentence, or a whole review when sentence splitting is on")
 
 
 class ModelRef(BaseModel):
@@ -69,6 +76,9 @@ class Result(BaseModel):
     label: str
     label_id: int
     scores: dict[str, float]
+    tokens: int = Field(description="the sentence's length in tokens (with the model's special tokens)")
+    truncated: bool = Field(default=False, description="longer than the model's max length: only its "
+                                                        "first tokens were read")
     model: ModelRef
     source: SourceRef
     meta: dict[str, Any] = Field(default_factory=dict)
@@ -100,26 +110,56 @@ def derived_id(record: RawRecord) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
+BOM = "\ufeff"
+_JSON_SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|null|true|false")
+
+
 def decode(record: RawRecord, max_bytes: int) -> tuple[str, str, dict[str, Any]] | Rejection:
-    """Raw record -> (id, text, meta), or the reason it cannot be classified. Never raises."""
+    """Raw record -> (id, text, meta), or the reason it cannot be classified. Never raises.
+
+    A JSON object is the structured form; a JSON string's content is the text; any other JSON
+    value (null, a number, a boolean, an array) is refused; anything else is plain text. A UTF-8
+    byte order mark is dropped; NUL bytes stay in the text (the tokenizer ignores them)."""
     value = record.value
     if value is None:
         return Rejection(record, Reason.EMPTY_TEXT, "record value is null")
     if len(value) > max_bytes:
         return Rejection(record, Reason.TOO_LARGE, f"{len(value)} bytes > limit {max_bytes}")
     try:
-        text = value.decode("utf-8")
+        text = value.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as exc:
         return Rejection(record, Reason.INVALID_UTF8, f"byte {exc.start}: {exc.reason}")
-    if not text.lstrip().startswith("{"):
-        if not text.strip():
-            return Rejection(record, Reason.EMPTY_TEXT, "text is empty")
-        return derived_id(record), text, {}
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        return _decode_object(record, text)
+    if stripped[:1] in ("[", '"') or _JSON_SCALAR.fullmatch(stripped):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            parsed = text  # not JSON after all: plain text
+        if parsed is None:
+            return Rejection(record, Reason.EMPTY_TEXT, "record value is JSON null")
+        if not isinstance(parsed, str):
+            kind = {bool: "boolean", int: "number", float: "number", list: "array"}[type(parsed)]
+            return Rejection(record, Reason.NOT_AN_OBJECT, f"a JSON {kind}; expected an object or plain text")
+        text = parsed
+    if not _has_text(text):
+        return Rejection(record, Reason.EMPTY_TEXT, "text is empty")
+    return derived_id(record), text, {}
+
+
+def _has_text(text: str) -> bool:
+    return bool(text.replace("\x00", "").strip())
+
+
+def _decode_object(record: RawRecord, text: str) -> tuple[str, str, dict[str, Any]] | Rejection:
     try:
         message = InputMessage.model_validate_json(text)
     except ValidationError as exc:
         return _rejection_from(record, exc)
-    if not message.text.strip():
+    except RecursionError:  # nesting deeper than the parser allows
+        return Rejection(record, Reason.INVALID_JSON, "JSON nested too deeply")
+    if not _has_text(message.text):
         return Rejection(record, Reason.EMPTY_TEXT, "field 'text' is empty")
     meta = dict(message.model_extra or {})
     msg_id = derived_id(record) if message.id is None else str(message.id)
@@ -167,8 +207,16 @@ def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
 
 
 def _carried(record: RawRecord) -> list[tuple[str, bytes]]:
-    """The record's own headers, minus ours (a re-processed record gets fresh ones)."""
-    return [(k, v) for k, v in (record.headers or []) if not k.startswith(HEADER_PREFIX)]
+    """The record's own headers, minus ours (a re-processed record gets fresh ones). Kafka allows
+    a null header value; Kafka clients here cannot write one, so it is carried as empty bytes."""
+    return [(k, b"" if v is None else v) for k, v in (record.headers or []) if not k.startswith(HEADER_PREFIX)]
+
+
+def encoded_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """What a record's key, value and headers take on the wire (the broker's limit counts these
+    plus ~100 bytes of batch overhead)."""
+    return (len(key or b"") + len(value or b"")
+            + sum(len(k.encode()) + len(v) + 10 for k, v in headers))
 
 
 def json_schemas() -> dict[str, dict]:
