@@ -1,6 +1,6 @@
 from collections import namedtuple
 
-from worker.batching import Collector, length_sorted_batches, next_offsets
+from worker.batching import Collector, length_sorted_batches
 
 Rec = namedtuple("Rec", "topic partition offset")
 
@@ -54,13 +54,24 @@ def test_length_sorted_batches_cap_size_and_length_spread() -> None:
     assert length_sorted_batches([], 4, len) == []
 
 
-def test_next_offsets_takes_the_highest_per_partition() -> None:
-    records = [Rec("t", 0, 5), Rec("t", 1, 9), Rec("t", 0, 7), Rec("u", 0, 1)]
-    assert next_offsets(records) == {("t", 0): 8, ("t", 1): 10, ("u", 0): 2}
-
-
 def test_a_drained_input_closes_the_batch_at_once() -> None:
     c = Collector(size=32, max_wait=10, clock=FakeClock())
     assert not c.ready(drained=True)  # nothing held: nothing to close
     c.add([1, 2])
     assert not c.ready() and c.ready(drained=True)
+
+
+def test_collector_weighs_items_and_takes_up_to_a_limit() -> None:
+    c = Collector(size=10, max_wait=10, clock=FakeClock(), weight=len)
+    c.add(["aaaa", "bbbbbb"])
+    assert c.ready()  # 4 + 6 sentences
+    assert c.take(limit=5) == ["aaaa"]
+    assert c.take(limit=1) == ["bbbbbb"]  # always at least one, however heavy
+    assert len(c) == 0 and not c.ready(drained=True)
+
+
+def test_collector_drops_what_it_is_told() -> None:
+    c = Collector(size=10, max_wait=10, clock=FakeClock())
+    c.add([("p0", 1), ("p1", 2), ("p0", 3)])
+    c.drop(lambda item: item[0] == "p0")
+    assert c.take() == [("p1", 2)]

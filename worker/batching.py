@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 class Collector:
-    """Holds items until ``size`` of them are in, the oldest has waited ``max_wait`` seconds, or
-    the input is drained: waiting for records that are not there only adds latency, while under
-    load records pile up during inference and batches fill by themselves."""
+    """Holds items until ``size`` of them (by ``weight``: a review split into sentences weighs
+    its sentence count) are in, the oldest has waited ``max_wait`` seconds, or the input is
+    drained: waiting for records that are not there only adds latency, while under load records
+    pile up during inference and batches fill by themselves."""
 
-    def __init__(self, size: int, max_wait: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, size: int, max_wait: float, clock: Callable[[], float] = time.monotonic,
+                 weight: Callable[[Any], int] = lambda _item: 1) -> None:
         self.size = size
         self.max_wait = max_wait
         self.clock = clock
+        self.weight = weight
         self.items: list = []
         self._first_at: float | None = None
 
@@ -33,11 +36,26 @@ class Collector:
         """``drained``: the last look at the input found nothing more waiting."""
         if not self.items:
             return False
-        return drained or len(self.items) >= self.size or self.clock() - self._first_at >= self.max_wait  # type: ignore[operator]
+        full = sum(self.weight(i) for i in self.items) >= self.size
+        return drained or full or self.clock() - self._first_at >= self.max_wait  # type: ignore[operator]
 
-    def take(self) -> list:
-        items, self.items, self._first_at = self.items, [], None
-        return items
+    def take(self, limit: int | None = None) -> list:
+        """The oldest items, up to ``limit`` in weight (always at least one); the rest wait."""
+        count, total = 0, 0
+        for item in self.items:
+            total += self.weight(item)
+            if limit is not None and count and total > limit:
+                break
+            count += 1
+        taken, self.items = self.items[:count], self.items[count:]
+        self._first_at = self.clock() if self.items else None
+        return taken
+
+    def drop(self, unwanted: Callable[[Any], bool]) -> None:
+        """Forget the items ``unwanted`` picks (their partition was revoked or rewound)."""
+        self.items = [i for i in self.items if not unwanted(i)]
+        if not self.items:
+            self._first_at = None
 
 
 def length_sorted_batches(items: Sequence[T], size: int, length: Callable[[T], int],
@@ -67,13 +85,3 @@ def token_batches(encodings: Sequence, size: int) -> list[list[int]]:
     ≤ ``size`` per batch, token counts within 1. For tools that compare models on the worker's
     batches (export gate, calibration, benchmarks)."""
     return length_sorted_batches(list(range(len(encodings))), size, lambda i: len(encodings[i].ids))
-
-
-def next_offsets(records: Sequence) -> dict[tuple[str, int], int]:
-    """Per (topic, partition): the offset to commit once ``records`` are all accounted for."""
-    out: dict[tuple[str, int], int] = {}
-    for r in records:
-        key = (r.topic, r.partition)
-        if r.offset + 1 > out.get(key, -1):
-            out[key] = r.offset + 1
-    return out

@@ -128,6 +128,8 @@ class Bundle:
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.tokenizer.no_padding()
+        self._counter = Tokenizer.from_str(self.tokenizer.to_str())  # untruncated: a long text's true length
+        self._counter.no_truncation()
         pad_id = self.tokenizer.token_to_id("[PAD]")
         if pad_id is None:
             pad_id = self.tokenizer.token_to_id("<pad>")
@@ -159,6 +161,10 @@ class Bundle:
     def tokenize(self, texts: list[str]) -> list[Encoding]:
         """Unpadded encodings (truncated to max length): sort them by ``len(e.ids)`` to batch."""
         return self.tokenizer.encode_batch(texts)
+
+    def token_count(self, text: str) -> int:
+        """The text's length in tokens, special tokens included, before truncation."""
+        return len(self._counter.encode(text).ids)
 
     def feed(self, encodings: list[Encoding]) -> dict[str, np.ndarray]:
         """The model's inputs for one batch, padded to its longest encoding."""

@@ -1,154 +1,435 @@
-"""Delivery strategies: when input offsets may be committed. The run loop owns the consumer;
-nothing but these commits.
+"""Delivery: publish what the pipeline built, and commit input offsets only past records that are
+fully accounted for. The run loop hands work over; nothing else commits.
 
-- :class:`AtLeastOnce`: results are sent (acks=all, idempotent producer); a unit's offsets are
-  committed once every one of its sends is acknowledged. Units are pipelined (bounded): the
-  next batch is classified while the previous one's acks are in flight.
-- :class:`ExactlyOnce`: each unit is one Kafka transaction, offsets sent to it.
+Per partition, offsets are committed up to the first record that is not yet acknowledged — on
+the loop, on revoke, on close and on error, in both modes:
+
+- :class:`AtLeastOnce`: results are sent (acks=all, idempotent producer) and the loop moves on;
+  a record counts once all its sends are acknowledged.
+- :class:`ExactlyOnce`: each piece of work is one Kafka transaction with its input offsets.
+
+When a send fails:
+- the broker or client refuses *this record* (too large, invalid): the record is dead-lettered
+  instead (``publish_failed``); a refused dead letter is re-sent as a stub (our headers only);
+- anything else (not authorized, broker unreachable, timed out): that partition is rewound to
+  the record, paused, and retried after a back-off (1 s, doubling, at most
+  ``publish_retry_max_s``); other partitions flow on; ``/readyz`` says ``publish_blocked``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from kafka import OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka import errors as kerr
+
+from worker.contract import Reason, Rejection
+from worker.health import PUBLISH_BLOCKED, Health
+
+if TYPE_CHECKING:
+    from worker.metrics import WorkerMetrics
+    from worker.pipeline import Handled, Outgoing, Pipeline
 
 log = logging.getLogger(__name__)
 
-Offsets = dict[tuple[str, int], int]
-
-
-@dataclass
-class Unit:
-    """Records accounted for together: their next offsets and the sends that account for them."""
-
-    offsets: Offsets
-    futures: list = field(default_factory=list)
-
-    def done(self) -> bool:
-        return all(f.is_done for f in self.futures)
-
-    def failure(self) -> Exception | None:
-        return next((f.exception for f in self.futures if f.is_done and f.failed()), None)
+# The client refuses this very record before it leaves (types, larger than it may send).
+CLIENT_RECORD_ERRORS = (TypeError, ValueError, AssertionError, kerr.MessageSizeTooLargeError)
+# The broker refuses this very record. kafka-python's idempotent producer treats this as fatal
+# (every later send fails), so the worker checks sizes against the topics' limits beforehand.
+BROKER_RECORD_ERRORS = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidRecordError,
+                        kerr.CorruptRecordError, kerr.UnsupportedForMessageFormatError)
+# This producer may not go on (another instance took its transactional id, or worse).
+FATAL_ERRORS = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError,
+                kerr.TransactionalIdAuthorizationFailedError, kerr.TransactionCoordinatorFencedError)
+MAX_TRANSACTION_ATTEMPTS = 4
 
 
 class DeliveryFailed(RuntimeError):
-    """A send failed: the unit's offsets are not committed (its input will be re-read)."""
+    """The producer cannot go on (fenced, or a fatal transaction state). Nothing was committed
+    past what is acknowledged, so a restarted worker re-reads the rest."""
 
 
-def _wait(unit: Unit, timeout: float = 120.0) -> None:
-    for f in unit.futures:
-        if not f.is_done:
-            with contextlib.suppress(KafkaError):  # reported by commit_done() via unit.failure()
-                f.get(timeout=timeout)
+def partition_of(record: Any) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
 
 
-def _commit_map(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+class Failed:
+    """Stands in for a send's future when ``producer.send`` itself raised."""
+
+    is_done = True
+
+    def __init__(self, exc: Exception) -> None:
+        self.exception = exc
 
 
-class AtLeastOnce:
+def _failure(future: Any) -> Exception | None:
+    return future.exception if future.is_done else None
+
+
+def record_refused(future: Any, transactional: bool) -> bool:
+    """Whether ``future`` failed because of its own record (so it is dead-lettered instead)."""
+    if isinstance(future, Failed):
+        return isinstance(future.exception, CLIENT_RECORD_ERRORS)
+    return transactional and isinstance(_failure(future), BROKER_RECORD_ERRORS)
+
+
+@dataclass
+class Entry:
+    """One input record in flight: its messages and their futures."""
+
+    handled: Handled
+    futures: list = field(default_factory=list)
+
+    @property
+    def offset(self) -> int:
+        return self.handled.record.offset
+
+    def settled(self) -> bool:
+        return all(f.is_done for f in self.futures)
+
+    def failure(self) -> tuple[Outgoing, Any] | None:
+        """The first failed send: its message and future."""
+        for message, f in zip(self.handled.messages, self.futures, strict=True):
+            if _failure(f) is not None:
+                return message, f
+        return None
+
+
+@dataclass
+class Blocked:
+    offset: int
+    attempts: int
+    until: float
+    paused: bool = True
+
+
+def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
+    """Per partition: the offset to commit once ``records`` are all accounted for."""
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = partition_of(r)
+        out[tp] = max(out.get(tp, -1), r.offset + 1)
+    return out
+
+
+def _commit_map(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _Delivery:
+    """What both modes share: sending, metrics, blocking and resuming partitions."""
+
     transactional = False
 
-    def __init__(self, consumer, producer, max_in_flight: int) -> None:
+    def __init__(self, consumer, producer, pipeline: Pipeline, metrics: WorkerMetrics, health: Health,
+                 retry_max_s: float, clock=time.monotonic) -> None:
         self.consumer = consumer
         self.producer = producer
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health
+        self.retry_max_s = retry_max_s
+        self.clock = clock
+        self.committed: dict[TopicPartition, int] = {}
+        self.blocked: dict[TopicPartition, Blocked] = {}
+
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, m: Outgoing):
+        try:
+            return self.producer.send(m.topic, value=m.value, key=m.key, headers=m.headers)
+        except Exception as exc:  # refused before it left (size, types, metadata timeout)
+            return Failed(exc)
+
+    def _count(self, h: Handled) -> None:
+        if h.rejection is not None:
+            r = h.record
+            self.metrics.dead_lettered.labels(h.rejection.reason.value).inc()
+            log.warning("dead-lettered %s[%d]@%d: %s (%s)", r.topic, r.partition, r.offset,
+                        h.rejection.reason.value, h.rejection.detail)
+        for label in h.labels:
+            self.metrics.classified.labels(label).inc()
+
+    def _replacement(self, h: Handled, message: Outgoing, future: Any) -> Handled | None:
+        """What to publish instead of a record whose ``message`` was refused: its dead letter, or
+        a stub of it; ``None`` when the failure is not the record's own (retry the partition)."""
+        exc = _failure(future)
+        if isinstance(exc, BROKER_RECORD_ERRORS) and not self.transactional and not isinstance(future, Failed):
+            raise DeliveryFailed(f"the broker refused a message for {h.record.topic}[{h.record.partition}]@"
+                                 f"{h.record.offset} to {message.topic} ({_one_line(exc)}); the idempotent "
+                                 "producer cannot go on")
+        if not record_refused(future, self.transactional) or message.stub:
+            return None
+        if message.dead_letter:
+            return self.pipeline.dead_letter(h.rejection, stub=True)  # type: ignore[arg-type]
+        return self.pipeline.dead_letter(Rejection(h.record, Reason.PUBLISH_FAILED,
+                                                   f"{message.topic}: {_one_line(exc)}"))
+
+    # -- blocked partitions --------------------------------------------------------------------
+    def _block(self, tp: TopicPartition, offset: int, topic: str, exc: BaseException) -> None:
+        """Rewind ``tp`` to ``offset`` and pause it; the loop re-reads it after the back-off."""
+        attempts = self.blocked[tp].attempts + 1 if tp in self.blocked else 1
+        delay = min(self.retry_max_s, 2.0 ** (attempts - 1))
+        self.blocked[tp] = Blocked(offset, attempts, self.clock() + delay)
+        with contextlib.suppress(ValueError, AssertionError):  # no longer assigned: nothing to rewind
+            self.consumer.seek(tp, offset)
+            self.consumer.pause(tp)
+        self.metrics.publish_blocked.labels(topic).inc()
+        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
+        self.health.set(PUBLISH_BLOCKED, f"cannot publish to {topic} ({_one_line(exc)})")
+        if attempts == 1:
+            log.error("cannot publish to %s for %s[%d]@%d: %s; partition paused, retrying with back-off",
+                      topic, tp.topic, tp.partition, offset, _one_line(exc))
+
+    def _resume_due(self) -> None:
+        now = self.clock()
+        for tp, b in self.blocked.items():
+            if b.paused and now >= b.until:
+                b.paused = False
+                with contextlib.suppress(ValueError, AssertionError):
+                    self.consumer.resume(tp)
+        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
+
+    def _passed(self, advanced: dict[TopicPartition, int]) -> None:
+        """Commits moved past a blocked record: its partition flows again."""
+        for tp, offset in advanced.items():
+            b = self.blocked.get(tp)
+            if b is not None and offset > b.offset:
+                del self.blocked[tp]
+                log.info("publishing for %s[%d] works again", tp.topic, tp.partition)
+        if not self.blocked:
+            self.health.clear(PUBLISH_BLOCKED)
+
+    def _forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.blocked.pop(tp, None)
+        if not self.blocked:
+            self.health.clear(PUBLISH_BLOCKED)
+
+
+class AtLeastOnce(_Delivery):
+    """Sends and moves on; commits (asynchronously, in the loop) each partition's prefix of
+    acknowledged records. A lost commit only means re-reading acknowledged input."""
+
+    def __init__(self, *args: Any, max_in_flight: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.max_in_flight = max_in_flight
-        self.in_flight: deque[Unit] = deque()
-        self.committed: Offsets = {}
+        self.pending: dict[TopicPartition, deque[Entry]] = {}
 
-    def begin(self) -> None:
-        pass
+    def in_flight(self) -> int:
+        return sum(len(q) for q in self.pending.values())
 
-    def submit(self, unit: Unit) -> None:
-        self.in_flight.append(unit)
-        self.commit_done()
-        while len(self.in_flight) > self.max_in_flight:  # backpressure: no fetching meanwhile
-            _wait(self.in_flight[0])
-            self.commit_done()
+    def has_room(self) -> bool:
+        return self.in_flight() < self.max_in_flight
 
-    def commit_done(self, blocking: bool = False) -> None:
-        """Commit the leading units whose sends are all acknowledged (in order).
+    def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
+        for h in handled:
+            entry = Entry(h, [self._send(m) for m in h.messages])
+            self.pending.setdefault(partition_of(h.record), deque()).append(entry)
+            self._count(h)
+            if h.rejection is None:
+                for f in entry.futures:
+                    if not isinstance(f, Failed):
+                        f.add_callback(self._acked, h.record.timestamp)
+        return self.checkpoint()
 
-        In the loop the commit is asynchronous: a lost one only means re-reading acknowledged
-        input (duplicates, never loss), and the loop does not wait a coordinator round trip per
-        batch. Stopping commits synchronously (:meth:`drain`)."""
-        ready: Offsets = {}
-        while self.in_flight and self.in_flight[0].done():
-            unit = self.in_flight.popleft()
-            error = unit.failure()
-            if error is not None:
-                raise DeliveryFailed(f"a result could not be published: {error!r}")
-            ready.update(unit.offsets)
-        if ready:
-            self._commit(ready, blocking)
+    def _acked(self, timestamp_ms: int, _metadata: object) -> None:
+        self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - timestamp_ms / 1000))
 
-    def drain(self, timeout: float = 60.0, blocking: bool = True) -> None:
-        """Wait for every send in flight, then commit (graceful stop, partition revoke).
+    def wait(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the oldest record in flight."""
+        oldest = min((q[0] for q in self.pending.values() if q), key=lambda e: e.handled.record.timestamp,
+                     default=None)
+        if oldest is None:
+            return
+        for f in oldest.futures:
+            if not f.is_done:
+                with contextlib.suppress(Exception):  # the failure is read from the future later
+                    f.get(timeout=timeout)
 
-        ``blocking=False`` for the rebalance listener: kafka-python runs it on its IO thread,
-        where a blocking commit is refused; the async commit is sent before the JoinGroup
-        request on the same coordinator connection, so it lands first.
-        """
-        self.producer.flush(timeout=timeout)
-        for unit in self.in_flight:
-            _wait(unit, timeout)
-        self.commit_done(blocking)
+    def checkpoint(self, blocking: bool = False, only: set[TopicPartition] | None = None,
+                   replace: bool = True) -> set[TopicPartition]:
+        """Commit each partition's acknowledged prefix; dead-letter refused records; block the
+        partitions that cannot publish. Returns the partitions rewound (the loop drops what it
+        holds of them)."""
+        advanced: dict[TopicPartition, int] = {}
+        rewound: set[TopicPartition] = set()
+        for tp, queue in list(self.pending.items()):
+            if only is not None and tp not in only:
+                continue
+            while queue and queue[0].settled():
+                entry = queue[0]
+                failed = entry.failure()
+                if failed is None:
+                    queue.popleft()
+                    advanced[tp] = entry.offset + 1
+                    continue
+                if not replace:
+                    break
+                replacement = self._replacement(entry.handled, *failed)
+                if replacement is None:
+                    self._block(tp, entry.offset, failed[0].topic, _failure(failed[1]))
+                    del self.pending[tp]
+                    rewound.add(tp)
+                    break
+                queue[0] = Entry(replacement, [self._send(m) for m in replacement.messages])
+                self._count(replacement)
+        self._passed(advanced)
+        self._resume_due()
+        if advanced:
+            self._commit(advanced, blocking)
+        return rewound
 
-    def abandon(self) -> None:
-        pass
+    def revoke(self, tps: set[TopicPartition]) -> None:
+        """Partitions are leaving: commit their acknowledged prefix (sends in flight get a
+        bounded wait); their new owner re-reads the rest."""
+        self.producer.flush(timeout=30)
+        self.checkpoint(blocking=False, only=tps, replace=False)
+        for tp in tps:
+            self.pending.pop(tp, None)
+        self._forget(tps)
 
-    def _commit(self, offsets: Offsets, blocking: bool = True) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        deadline = self.clock() + timeout
+        while self.in_flight() and self.clock() < deadline:
+            self.producer.flush(timeout=max(0.1, deadline - self.clock()))
+            self.checkpoint(blocking=True)
+
+    def _commit(self, offsets: dict[TopicPartition, int], blocking: bool) -> None:
         try:
             if blocking:
                 self.consumer.commit(_commit_map(offsets))
             else:
                 self.consumer.commit_async(_commit_map(offsets))
             self.committed.update(offsets)
-        except CommitFailedError as exc:  # rebalanced away: the new owner re-reads; duplicates only
+        except kerr.CommitFailedError as exc:  # rebalanced away: the new owner re-reads; duplicates only
             log.warning("commit failed (partitions moved): %s", exc)
 
 
-class ExactlyOnce:
+class ExactlyOnce(_Delivery):
+    """Each piece of work is one transaction: its results, dead letters and input offsets."""
+
     transactional = True
 
-    def __init__(self, consumer, producer) -> None:
-        self.consumer = consumer
-        self.producer = producer
-        self.committed: Offsets = {}
-        self.open = False
-        producer.init_transactions()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.producer.init_transactions()
 
-    def begin(self) -> None:
-        self.producer.begin_transaction()
-        self.open = True
+    def has_room(self) -> bool:
+        return True
 
-    def submit(self, unit: Unit) -> None:
-        try:
-            self.producer.send_offsets_to_transaction(_commit_map(unit.offsets),
-                                                      self.consumer.group_metadata())
-            self.producer.commit_transaction()
-        except KafkaError as exc:
-            self.abandon()
-            raise DeliveryFailed(f"transaction failed: {exc!r}") from exc
-        finally:
-            self.open = False
-        self.committed.update(unit.offsets)
-
-    def commit_done(self, blocking: bool = True) -> None:
+    def wait(self, timeout: float) -> None:
         pass
 
-    def drain(self, timeout: float = 60.0, blocking: bool = True) -> None:
-        pass  # every unit is committed (or aborted) before the loop polls again
-
-    def abandon(self) -> None:
-        if self.open:
+    def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
+        work = list(handled)
+        rewound: set[TopicPartition] = set()
+        for _ in range(MAX_TRANSACTION_ATTEMPTS):
+            if not work:
+                break
+            sent: list[tuple[Handled, Outgoing, Any]] = []
+            offsets = next_offsets(h.record for h in work)
             try:
-                self.producer.abort_transaction()
-            except KafkaError as exc:
-                log.warning("abort failed: %r", exc)
-            self.open = False
+                self.producer.begin_transaction()
+                sent = [(h, m, self._send(m)) for h in work for m in h.messages]
+                refused = next((f.exception for _, _, f in sent if isinstance(f, Failed)), None)
+                if refused is not None:  # not sent at all: committing would skip its record
+                    raise kerr.KafkaError(f"a send was refused: {_one_line(refused)}")
+                self.producer.send_offsets_to_transaction(_commit_map(offsets), self.consumer.group_metadata())
+                self.producer.commit_transaction()
+            except kerr.KafkaError as exc:
+                self._abort(exc)
+                work = self._after_abort(work, sent, exc, rewound)
+                continue
+            now = time.time()
+            for h in work:
+                self._count(h)
+                if h.rejection is None:
+                    for _ in h.messages:
+                        self.metrics.end_to_end_seconds.observe(max(0.0, now - h.record.timestamp / 1000))
+            self.committed.update(offsets)
+            self._passed(offsets)
+            work = []
+        if work:  # still failing: retry the whole lot after a back-off
+            for tp, first in _first_offsets(work).items():
+                self._block(tp, first, "a transaction", RuntimeError("transaction kept failing"))
+                rewound.add(tp)
+        self._resume_due()
+        return rewound
+
+    def checkpoint(self, blocking: bool = False) -> set[TopicPartition]:
+        self._resume_due()  # every piece of work is committed or rewound in deliver()
+        return set()
+
+    def revoke(self, tps: set[TopicPartition]) -> None:
+        self._forget(tps)  # nothing is in flight between transactions
+
+    def close(self, timeout: float = 30.0) -> None:
+        pass
+
+    def _abort(self, exc: BaseException) -> None:
+        if isinstance(exc, FATAL_ERRORS):
+            raise DeliveryFailed(f"the transactional producer cannot go on: {_one_line(exc)}") from exc
+        try:
+            self.producer.abort_transaction()
+        except kerr.KafkaError as abort_exc:
+            raise DeliveryFailed(f"transaction failed ({_one_line(exc)}) and could not be aborted: "
+                                 f"{_one_line(abort_exc)}") from abort_exc
+
+    def _after_abort(self, work: list[Handled], sent: list[tuple[Handled, Outgoing, Any]],
+                     exc: BaseException, rewound: set[TopicPartition]) -> list[Handled]:
+        """Work for the next attempt: records refused for themselves are dead-lettered instead;
+        partitions whose topic cannot be written are rewound and paused; the rest goes again."""
+        named = str(exc)
+        culprits: dict[int, tuple[Outgoing, Any]] = {}
+        for h, m, f in sent:
+            if record_refused(f, transactional=True):
+                culprits.setdefault(id(h), (m, f))
+        blocked_tps: dict[TopicPartition, tuple[int, str]] = {}
+        for h, m, _ in sent:  # e.g. TopicAuthorizationFailedError names the topics it refused
+            if isinstance(exc, kerr.AuthorizationError) and m.topic in named and id(h) not in culprits:
+                tp = partition_of(h.record)
+                if tp not in blocked_tps or h.record.offset < blocked_tps[tp][0]:
+                    blocked_tps[tp] = (h.record.offset, m.topic)
+        if not culprits and not blocked_tps:
+            log.warning("transaction aborted (%s); retrying", _one_line(exc))
+            return work
+        for tp, (offset, topic) in blocked_tps.items():
+            self._block(tp, offset, topic, exc)
+            rewound.add(tp)
+        out = []
+        for h in work:
+            tp = partition_of(h.record)
+            if tp in blocked_tps and h.record.offset >= blocked_tps[tp][0]:
+                continue
+            culprit = culprits.get(id(h))
+            if culprit is not None:
+                replacement = self._replacement(h, *culprit)
+                if replacement is None:  # even the stub was refused: retry its partition later
+                    self._block(tp, h.record.offset, culprit[0].topic, _failure(culprit[1]))
+                    rewound.add(tp)
+                    blocked_tps[tp] = (h.record.offset, culprit[0].topic)
+                    continue
+                h = replacement
+            out.append(h)
+        # records behind a newly blocked record on the same partition wait for it
+        return [h for h in out if not (partition_of(h.record) in blocked_tps
+                                       and h.record.offset >= blocked_tps[partition_of(h.record)][0])]
+
+
+def _first_offsets(work: Iterable[Handled]) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for h in work:
+        tp = partition_of(h.record)
+        out[tp] = min(out.get(tp, h.record.offset), h.record.offset)
+    return out

@@ -82,9 +82,41 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProdu
         "batch_size": 64 * 1024,
         "max_request_size": MAX_REQUEST_BYTES,
         "compression_type": None,
+        # send() blocks at most this long for metadata or buffer space (a broker outage): then
+        # the send fails, its partition is rewound and retried (worker/delivery.py)
+        "max_block_ms": 10_000,
     }
     cfg.update(overrides)
     return KafkaProducer(**cfg)
+
+
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def topic_max_bytes(client: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` (the broker default where it cannot be read), so the
+    worker refuses an oversized result itself instead of having the broker refuse it."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    limits = dict.fromkeys(topics, BROKER_DEFAULT_MAX_MESSAGE_BYTES)
+    try:
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t, ["max.message.bytes"])
+                                             for t in topics])
+        for topic, configs in described.get("topic", {}).items():
+            value = configs.get("max.message.bytes", {}).get("value")
+            if value is not None:
+                limits[topic] = int(value)
+    except KafkaError as exc:
+        log.warning("cannot read max.message.bytes of %s (%s); assuming the broker default", topics, exc)
+    return limits
+
+
+def coordinator_unknown(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer has lost its group coordinator (the broker is unreachable or moving).
+    kafka-python has no public call for this; it is read here, in the one module that knows the
+    client."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and coordinator.coordinator_unknown()
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:

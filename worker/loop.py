@@ -1,8 +1,8 @@
-"""The run loop: poll → decode → micro-batch → infer → produce → commit.
+"""The run loop: poll → decode → micro-batch → classify → publish → checkpoint.
 
 One thread owns the consumer, the producer and the offsets. Resources live in an ExitStack;
-SIGTERM/SIGINT call :meth:`Worker.stop`; partitions being revoked get their finished work
-committed first.
+SIGTERM/SIGINT call :meth:`Worker.stop`; partitions being revoked get their acknowledged work
+committed first. The delivery strategy (worker/delivery.py) decides what may be committed.
 """
 
 from __future__ import annotations
@@ -12,91 +12,70 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from worker import kafka_clients
-from worker.batching import Collector, length_sorted_batches, next_offsets
-from worker.bundle import Bundle, Prediction, default_bundle_path
-from worker.contract import (
-    ModelRef,
-    Reason,
-    Rejection,
-    Result,
-    Sentence,
-    SourceRef,
-    dead_letter_headers,
-    decode,
-    result_headers,
-    to_sentences,
-)
-from worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, Unit
+from worker import intake, kafka_clients
+from worker.batching import Collector
+from worker.bundle import Bundle, default_bundle_path
+from worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
+from worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
 from worker.metrics import WorkerMetrics
+from worker.pipeline import Decoded, Pipeline
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FATAL = 0, 1
 LAG_EVERY_S = 2.0
-# A poll takes up to this many batches' worth of records; they are sorted by token count
-# together, so the wider the window the less padding (bench/README "Performance").
+# A turn takes up to this many batches' worth of sentences; they are sorted by token count
+# together, so the wider the window the less padding (docs/performance.md).
 POLL_BATCHES = 8
-
-
-@dataclass
-class Outcome:
-    """Per input record: its sentences' results, or its rejection."""
-
-    record: object
-    sentences: list[Sentence]
-    rejection: Rejection | None = None
+IDLE_POLL_MS = 500
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Called inside ``consumer.poll()`` (on kafka-python's IO thread while the loop waits)."""
+    """Called inside ``consumer.poll()``."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked) -> None:
-        self.worker.on_revoked(revoked)
+        self.worker.on_revoked(set(revoked))
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.worker.on_assigned(assigned)
+        self.worker.on_assigned(set(assigned))
 
 
 class Worker:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, process_index: int = 0,
-                 bundle: Bundle | None = None) -> None:
+                 bundle: Bundle | None = None, report_lag: bool = True) -> None:
         self.settings = settings
         self.metrics = metrics
         self.process_index = process_index
+        self.report_lag = report_lag
         self.bundle = bundle or Bundle(settings.bundle or default_bundle_path(), threads=settings.threads,
                                        max_tokens=settings.max_tokens)
         m = self.bundle.manifest
-        self.model = ModelRef(name=m.name, version=m.version)
         metrics.serving(m.name, m.version, m.files["model.onnx"], m.labels)
-        self.splitter = None
+        splitter = None
         if settings.split_sentences:
             from worker.splitting import make_splitter
 
-            self.splitter = make_splitter()
-        self.running = False
-        self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000)
+            splitter = make_splitter()
+        self.pipeline = Pipeline(settings, self.bundle, metrics, splitter)
+        self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
+        self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
+        self.chunk = settings.batch_size * POLL_BATCHES
         self.assignment: set[TopicPartition] = set()
+        self.running = False
         self._next_lag_at = 0.0
         self.consumer = None
-        self.producer = None
         self.delivery: AtLeastOnce | ExactlyOnce | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
         self.running = False
-
-    def is_ready(self) -> bool:
-        return bool(self.assignment)
 
     def run(self) -> int:
         s = self.settings
@@ -104,28 +83,35 @@ class Worker:
         with contextlib.ExitStack() as stack:
             self.consumer = kafka_clients.consumer(s, bootstrap)
             stack.callback(self._close_consumer)
-            producer_extra = {}
-            if s.delivery == "exactly-once":
-                producer_extra = {"transactional_id": self._transactional_id(),
-                                  "transaction_timeout_ms": 15_000}
-            self.producer = kafka_clients.producer(s, bootstrap, **producer_extra)
-            stack.callback(self.producer.close, 30)
-            if s.delivery == "exactly-once":
-                self.delivery = ExactlyOnce(self.consumer, self.producer)
+            exactly_once = s.delivery == "exactly-once"
+            producer_extra = {"transactional_id": self._transactional_id(),
+                              "transaction_timeout_ms": 15_000} if exactly_once else {}
+            producer = kafka_clients.producer(s, bootstrap, **producer_extra)
+            stack.callback(producer.close, 30)
+            shared = (self.consumer, producer, self.pipeline, self.metrics, self.health)
+            if exactly_once:
+                self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s)
             else:
-                self.delivery = AtLeastOnce(self.consumer, self.producer, s.max_in_flight_batches)
+                self.delivery = AtLeastOnce(*shared, retry_max_s=s.publish_retry_max_s,
+                                            max_in_flight=s.max_in_flight_batches * self.chunk)
+            admin = kafka_clients.admin(s, bootstrap)
+            try:
+                self.pipeline.fit_topics(kafka_clients.topic_max_bytes(admin, [s.output_topic, s.dlq_topic]))
+            finally:
+                admin.close()
+            self._probe = lambda: kafka_clients.consumer(s, bootstrap, group_id=None, client_id=f"{s.client_id}-probe")
             self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
-            log.info("worker %d consuming %s as group %s (%s), model %s %s", self.process_index,
-                     s.input_topic, s.group_id, s.delivery, self.model.name, self.model.version)
+            log.info("worker %d consuming %s as group %s (%s), model %s %s", self.process_index, s.input_topic,
+                     s.group_id, s.delivery, self.pipeline.model.name, self.pipeline.model.version)
             self.running = True
             try:
                 while self.running:
-                    self.poll_once()
-                    self._report_lag()
-                # Graceful stop: finish the batch in hand, publish, commit, leave the group.
-                if len(self.collector):
-                    self.process(self.collector.take())
-                self.delivery.drain()
+                    self.turn()
+                self.health.set(STOPPING, "finishing the work in hand")
+                # Graceful stop: finish what is held, publish, commit, leave the group.
+                while len(self.collector):
+                    self.process(self.collector.take(self.chunk))
+                self.delivery.close()
             except DeliveryFailed as exc:
                 log.error("stopping: %s", exc)
                 return EXIT_FATAL
@@ -141,133 +127,74 @@ class Worker:
         return f"{base}-{self.process_index}"
 
     # -- one turn of the loop ------------------------------------------------------------------
-    def poll_once(self) -> None:
-        # Idle: a long poll. Holding records: only look at what is already waiting (timeout 0).
-        timeout_ms = 0 if len(self.collector) else 500
-        room = max(1, self.settings.batch_size * POLL_BATCHES - len(self.collector))
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
-        for records in polled.values():
-            self.collector.add(records)
-        if self.collector.ready(drained=timeout_ms == 0 and not polled):
-            self.process(self.collector.take())
-        else:
-            self.delivery.commit_done()
+    def turn(self) -> None:
+        self._turned()
+        if self.delivery.has_room():
+            # Idle: a long poll. Holding records: only look at what is already waiting.
+            timeout_ms = 0 if len(self.collector) else IDLE_POLL_MS
+            room = max(1, self.chunk - len(self.collector))
+            records = intake.poll(self.consumer, self._probe, timeout_ms, room)
+            self.collector.add([self.pipeline.decode(r) for r in records])
+            if self.collector.ready(drained=timeout_ms == 0 and not records):
+                self.process(self.collector.take(self.chunk))
+        else:  # backpressure: no fetching until the oldest sends settle
+            self.delivery.wait(0.2)
+        self._rewound(self.delivery.checkpoint())
+        self._check_broker()
+        self._report_lag()
 
-    def process(self, records: Sequence) -> None:
-        """Classify and publish ``records``; hand their offsets to the delivery strategy."""
+    def process(self, decoded: list[Decoded]) -> None:
+        """Classify and publish ``decoded``; the delivery strategy accounts for their offsets."""
         # Counted here, not at poll: records dropped on a revoke are counted once, by their new owner.
-        self.metrics.consumed.inc(len(records))
-        outcomes = [self._decode(r) for r in records]
-        predictions = self._infer([s for o in outcomes for s in o.sentences], outcomes)
-        self.delivery.begin()
-        futures = []
-        try:
-            for o in outcomes:
-                futures.extend(self._publish(o, predictions))
-        except Exception:
-            self.delivery.abandon()
-            raise
-        self.delivery.submit(Unit(next_offsets(records), futures))
-        if self.delivery.transactional:
-            now = time.time()
-            for o in outcomes:
-                if o.rejection is None:
-                    self.metrics.end_to_end_seconds.observe(max(0.0, now - o.record.timestamp / 1000))
+        self.metrics.consumed.inc(len(decoded))
+        self._rewound(self.delivery.deliver(self.pipeline.handle(decoded)))
 
-    def _decode(self, record) -> Outcome:
-        decoded = decode(record, self.settings.max_message_bytes)
-        if isinstance(decoded, Rejection):
-            return Outcome(record, [], decoded)
-        return Outcome(record, to_sentences(record, decoded, self.splitter))
+    def _rewound(self, tps: set[TopicPartition]) -> None:
+        """Partitions seeked back (or revoked): what is held of them will be read again."""
+        if tps:
+            self.collector.drop(lambda d: partition_of(d.record) in tps)
 
-    def _infer(self, sentences: list[Sentence], outcomes: list[Outcome]) -> dict[int, Prediction]:
-        """Tokenize the poll's sentences together, then batch them by token count (least padding).
-        A batch that fails sends its records to the DLQ (model_error)."""
-        predictions: dict[int, Prediction] = {}
-        try:
-            encoded = list(zip(sentences, self.bundle.tokenize([s.text for s in sentences]), strict=True))
-        except Exception as exc:  # tokenizers' errors are untyped too
-            log.exception("tokenization failed for %d sentences", len(sentences))
-            self._reject({id(s.record) for s in sentences}, outcomes, exc)
-            return predictions
-        for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
-            started = time.perf_counter()
-            try:
-                preds = self.bundle.classify_encoded([e for _, e in batch])
-            except Exception as exc:  # onnxruntime errors are untyped; the records go to the DLQ
-                log.exception("inference failed on a batch of %d", len(batch))
-                self._reject({id(s.record) for s, _ in batch}, outcomes, exc)
-                continue
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(batch))
-            for (s, _), p in zip(batch, preds, strict=True):
-                predictions[id(s)] = p
-        return predictions
+    def _turned(self) -> None:
+        self.health.turned()
+        self.metrics.loop_turned.set(time.time())
 
-    @staticmethod
-    def _reject(records: set[int], outcomes: list[Outcome], exc: Exception) -> None:
-        for o in outcomes:
-            if id(o.record) in records and o.rejection is None:
-                o.rejection = Rejection(o.record, Reason.MODEL_ERROR, repr(exc)[:200])
+    def _problem_changed(self, problem: str, holds: bool, none_left: bool) -> None:
+        self.metrics.problem_changed(problem, holds)
+        self.metrics.ready.set(1 if none_left else 0)
 
-    def _publish(self, o: Outcome, predictions: dict[int, Prediction]) -> list:
-        r = o.record
-        if o.rejection is not None:
-            self.metrics.dead_lettered.labels(o.rejection.reason.value).inc()
-            log.warning("dead-lettered %s[%d]@%d: %s (%s)", r.topic, r.partition, r.offset,
-                        o.rejection.reason.value, o.rejection.detail)
-            return [self.producer.send(self.settings.dlq_topic, value=r.value, key=r.key,
-                                       headers=dead_letter_headers(o.rejection))]
-        headers = result_headers(r, self.model)
-        source = SourceRef(topic=r.topic, partition=r.partition, offset=r.offset)
-        futures = []
-        for s in o.sentences:
-            p = predictions[id(s)]
-            result = Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
-                            model=self.model, source=source, meta=s.meta, doc_id=s.doc_id,
-                            sentence_index=s.sentence_index)
-            future = self.producer.send(self.settings.output_topic, value=result.model_dump_json().encode(),
-                                        key=r.key, headers=headers)
-            if not self.delivery.transactional:
-                future.add_callback(self._acked, r.timestamp)
-            futures.append(future)
-            self.metrics.classified.labels(p.label).inc()
-        return futures
-
-    def _acked(self, timestamp_ms: int, _metadata: object) -> None:
-        self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - timestamp_ms / 1000))
+    def _check_broker(self) -> None:
+        if kafka_clients.coordinator_unknown(self.consumer):
+            self.health.set(BROKER_UNREACHABLE, "the group coordinator is unknown or unreachable")
+        else:
+            self.health.clear(BROKER_UNREACHABLE)
 
     # -- rebalance -----------------------------------------------------------------------------
-    def on_revoked(self, revoked) -> None:
-        revoked = set(revoked)
-        kept = [r for r in self.collector.take() if TopicPartition(r.topic, r.partition) not in revoked]
-        self.collector.add(kept)  # the revoked ones were not produced: their new owner reads them
-        self.delivery.drain(blocking=False)
+    def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._rewound(revoked)  # not produced: their new owner reads them
+        self.delivery.revoke(revoked)
         self.assignment -= revoked
-        for tp in revoked:
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
-        self._report_ready()
+        if self.report_lag:
+            for tp in revoked:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
+        self.metrics.assigned.set(len(self.assignment))
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
-    def on_assigned(self, assigned) -> None:
-        self.assignment = set(assigned)
-        self._report_ready()
-        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
-
-    def _report_ready(self) -> None:
-        self.metrics.ready.set(1 if self.assignment else 0)
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assignment = assigned
         self.metrics.assigned.set(len(self.assignment))
+        self.health.clear(STARTING)
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
     def _report_lag(self) -> None:
         now = time.monotonic()
-        if now < self._next_lag_at or not self.assignment:
+        if not self.report_lag or now < self._next_lag_at or not self.assignment:
             return
         self._next_lag_at = now + LAG_EVERY_S
         for tp in self.assignment:
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
-            done = self.delivery.committed.get((tp.topic, tp.partition))
+            done = self.delivery.committed.get(tp)
             if done is None:
                 with contextlib.suppress(Exception):
                     done = self.consumer.position(tp, timeout_ms=100)

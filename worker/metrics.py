@@ -20,9 +20,16 @@ from prometheus_client import (
 )
 
 from worker.contract import Reason
+from worker.health import PROBLEMS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def consumer_lag_gauge(registry: CollectorRegistry | None) -> Gauge:
+    """Set by a single worker (``--processes 1``), else by the supervisor's lag monitor alone."""
+    return Gauge("sentistream_consumer_lag", "Records not yet processed, per partition.",
+                 ["topic", "partition"], registry=registry, multiprocess_mode="livesum")
 
 
 class WorkerMetrics:
@@ -47,22 +54,47 @@ class WorkerMetrics:
             "sentistream_end_to_end_seconds",
             "Input record timestamp to result acknowledged by the broker.",
             buckets=LATENCY_BUCKETS, registry=r)
-        self.lag = Gauge("sentistream_consumer_lag", "Records not yet processed, per partition.",
-                         ["topic", "partition"], registry=r, multiprocess_mode="livesum")
+        self.lag = consumer_lag_gauge(r)
         self.model_info = Gauge("sentistream_model_info", "The served model bundle (value 1).",
                                 ["name", "version", "sha256"], registry=r, multiprocess_mode="livemax")
-        self.ready = Gauge("sentistream_worker_ready", "1 when the model is loaded and partitions "
-                           "are assigned.", registry=r, multiprocess_mode="livesum")
+        self.ready = Gauge("sentistream_worker_ready", "1 while /readyz would answer 200 (see "
+                           "sentistream_worker_problem for why not).", registry=r, multiprocess_mode="liveall")
+        self.problem = Gauge("sentistream_worker_problem", "1 while a problem keeps the worker from being "
+                             "ready.", ["problem"], registry=r, multiprocess_mode="liveall")
+        self.loop_turned = Gauge("sentistream_loop_last_turn_timestamp_seconds",
+                                 "Unix time of the run loop's last turn (a stuck loop stops it).",
+                                 registry=r, multiprocess_mode="liveall")
+        self.publish_blocked = Counter("sentistream_publish_blocked_total",
+                                       "Times a partition was paused and rewound because a result or dead "
+                                       "letter could not be published (retried with back-off).", ["topic"],
+                                       registry=r)
+        self.paused = Gauge("sentistream_paused_partitions", "Partitions paused until a publish retry.",
+                            registry=r, multiprocess_mode="livesum")
         self.assigned = Gauge("sentistream_assigned_partitions", "Partitions this worker owns.",
                               registry=r, multiprocess_mode="livesum")
         for reason in Reason:  # every series exists from the start, so rate() sees its first increase
             self.dead_lettered.labels(reason.value)
+        for problem in PROBLEMS:
+            self.problem.labels(problem)
+
+    def problem_changed(self, problem: str, holds: bool) -> None:
+        self.problem.labels(problem).set(1 if holds else 0)
 
     def serving(self, name: str, version: str, sha256: str, labels: list[str]) -> None:
         """Announce the loaded bundle; its labels' counters start at 0 (see above)."""
         self.model_info.labels(name, version, sha256).set(1)
         for label in labels:
             self.classified.labels(label)
+
+
+class SupervisorMetrics:
+    """What the ``--processes N`` supervisor itself exports, beside its children's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.restarts = Counter("sentistream_worker_restarts_total",
+                                "Worker processes the supervisor restarted after they exited or stalled "
+                                "(its log says which and why).", registry=registry)
+        self.lag = consumer_lag_gauge(registry)
 
 
 def multiprocess_registry() -> CollectorRegistry:
@@ -73,19 +105,21 @@ def multiprocess_registry() -> CollectorRegistry:
     return registry
 
 
-def serve(host: str, port: int, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> ThreadingHTTPServer:
-    """``/metrics``, ``/healthz`` (process alive) and ``/readyz``, in a daemon thread."""
+Probe = Callable[[], tuple[bool, str]]
+
+
+def serve(host: str, port: int, registry: CollectorRegistry, live: Probe, ready: Probe) -> ThreadingHTTPServer:
+    """``/metrics``, ``/healthz`` (the loop turns) and ``/readyz`` (and nothing is wrong), in a
+    daemon thread. A failing probe answers 503 with its reason as the body."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
-                ok = is_ready()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            elif path in ("/healthz", "/readyz"):
+                ok, why = (live if path == "/healthz" else ready)()
+                self._send(200 if ok else 503, f"{why}\n".encode())
             else:
                 self._send(404, b"not found\n")
 

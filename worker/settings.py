@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(default=None, ge=4, description="cap below the bundle's")
     threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads")
     split_sentences: bool = False
+    max_sentences: int = Field(default=256, ge=1, description="a record that splits into more is dead-lettered "
+                               "(too_many_sentences)")
+    max_result_bytes: int = Field(default=1_000_000, ge=1024, description="a result larger than this (value, key "
+                                  "and headers) is dead-lettered (result_too_large); keep it under the output "
+                                  "topic's max.message.bytes")
 
     # Delivery and flow control
     delivery: DeliveryMode = "at-least-once"
@@ -65,8 +70,16 @@ class Settings(BaseSettings):
         default=None, description="exactly-once: stable id per process (default: derived)"
     )
 
+    publish_retry_max_s: float = Field(default=30.0, gt=0, description="longest back-off before retrying a "
+                                       "partition whose results or dead letters could not be published")
+
     # Process and observability
     processes: int = Field(default=1, ge=1, le=256)
+    stall_timeout_s: float = Field(default=60.0, gt=0, description="/healthz fails (and the supervisor restarts "
+                                   "the process) when the run loop has not turned for this long")
+    max_restarts: int = Field(default=5, ge=0, description="supervisor: more crashes than this within "
+                              "restart_window_s and it gives up (exit 3)")
+    restart_window_s: float = Field(default=300.0, gt=0)
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 turns it off")
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"

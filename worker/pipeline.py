@@ -1,0 +1,242 @@
+"""From raw records to what must be published for them: decode → split → tokenize → infer →
+result or dead-letter messages. No Kafka here: the run loop polls, the delivery strategy sends.
+
+Every record ends as one :class:`Handled`: its result messages, or one dead-letter message with a
+reason. One bad record never costs the others their results: a failing tokenizer or model call
+is retried once, then the batch is bisected until the guilty sentence is found.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from worker import kafka_clients
+from worker.batching import length_sorted_batches
+from worker.contract import (
+    HEADER_PREFIX,
+    ModelRef,
+    RawRecord,
+    Reason,
+    Rejection,
+    Result,
+    Sentence,
+    SourceRef,
+    dead_letter_headers,
+    decode,
+    encoded_size,
+    result_headers,
+    to_sentences,
+)
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from worker.bundle import Bundle, Prediction
+    from worker.metrics import WorkerMetrics
+    from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY_S = 0.05
+BATCH_OVERHEAD = 512  # a record batch's header and one record's framing, generously
+# A cheap upper estimate of sentence ends, so that a "split bomb" is refused before pysbd (whose
+# time grows faster than linearly with the number of sentences) ever sees it.
+_SENTENCE_END = re.compile(r"[.!?\u2026\n]+")
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record the Kafka client could not parse (e.g. a header key that is not UTF-8): its
+    coordinates and the client's error; key, value and headers are unknown."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    error: str
+    key: None = None
+    value: None = None
+    headers: tuple = ()
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One input record: its sentences to classify, or why it cannot be."""
+
+    record: RawRecord
+    sentences: list[Sentence]
+    rejection: Rejection | None = None
+
+    @property
+    def weight(self) -> int:
+        return max(1, len(self.sentences))
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    dead_letter: bool = False
+    stub: bool = False
+
+
+@dataclass(slots=True)
+class Handled:
+    """One input record and the messages that account for it once acknowledged."""
+
+    record: RawRecord
+    messages: list[Outgoing]
+    rejection: Rejection | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, bundle: Bundle, metrics: WorkerMetrics,
+                 splitter: Callable[[str], list[str]] | None = None) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        self.metrics = metrics
+        self.splitter = splitter
+        m = bundle.manifest
+        self.model = ModelRef(name=m.name, version=m.version)
+        self.result_limit = settings.max_result_bytes
+        self.dead_letter_limit = kafka_clients.BROKER_DEFAULT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
+
+    def fit_topics(self, max_message_bytes: dict[str, int]) -> None:
+        """Size checks against what the output and dead-letter topics accept (their
+        ``max.message.bytes``, less a record batch's overhead)."""
+        s = self.settings
+        self.result_limit = min(s.max_result_bytes, max_message_bytes[s.output_topic] - BATCH_OVERHEAD)
+        self.dead_letter_limit = max_message_bytes[s.dlq_topic] - BATCH_OVERHEAD
+
+    # -- decode --------------------------------------------------------------------------------
+    def decode(self, record: RawRecord) -> Decoded:
+        if isinstance(record, UnreadableRecord):
+            return Decoded(record, [], Rejection(record, Reason.UNREADABLE_RECORD, record.error[:300]))
+        decoded = decode(record, self.settings.max_message_bytes)
+        if isinstance(decoded, Rejection):
+            return Decoded(record, [], decoded)
+        if self.splitter is not None:
+            limit = self.settings.max_sentences
+            estimate = len(_SENTENCE_END.findall(decoded[1]))
+            if estimate > limit:
+                return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
+                                                     f"about {estimate} sentences > limit {limit}"))
+        sentences = to_sentences(record, decoded, self.splitter)
+        if len(sentences) > self.settings.max_sentences:
+            return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
+                                                 f"{len(sentences)} sentences > limit {self.settings.max_sentences}"))
+        return Decoded(record, sentences)
+
+    # -- classify and build messages -----------------------------------------------------------
+    def handle(self, decoded: Sequence[Decoded]) -> list[Handled]:
+        """Classify the records' sentences together (batched by token count) and build, per
+        record, its result messages or its dead letter."""
+        sentences = [s for d in decoded if d.rejection is None for s in d.sentences]
+        outcomes = self._classify(sentences)
+        handled = []
+        for d in decoded:
+            rejection = d.rejection or next(
+                (Rejection(d.record, Reason.MODEL_ERROR, _one_line(outcomes[id(s)]))
+                 for s in d.sentences if isinstance(outcomes.get(id(s)), Exception)), None)
+            if rejection is None:
+                handled.append(self._results(d, outcomes))
+            else:
+                handled.append(self.dead_letter(rejection))
+        return handled
+
+    def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
+        """The dead letter for ``rejection``: the original key, value and headers plus ours. A
+        ``stub`` carries only our headers (for a record whose full dead letter was refused)."""
+        r = rejection.record
+        headers = dead_letter_headers(rejection)
+        # Kafka clients refuse a record with neither key nor value: a null value then goes as empty.
+        value = r.value if r.value is not None or r.key is not None else b""
+        message = Outgoing(self.settings.dlq_topic, r.key, value, headers, dead_letter=True)
+        if stub or encoded_size(r.key, value, headers) > self.dead_letter_limit:
+            own = [(k, v) for k, v in headers if k.startswith(HEADER_PREFIX)]
+            message = Outgoing(self.settings.dlq_topic, None, b"",
+                               [*own, (f"{HEADER_PREFIX}dlq-stub", b"original key, value and headers left out")],
+                               dead_letter=True, stub=True)
+        return Handled(r, [message], rejection)
+
+    def _results(self, d: Decoded, outcomes: dict[int, Prediction | Exception]) -> Handled:
+        r = d.record
+        headers = result_headers(r, self.model)
+        source = SourceRef(topic=r.topic, partition=r.partition, offset=r.offset)
+        messages, labels = [], []
+        for s in d.sentences:
+            p, tokens, truncated = outcomes[id(s)]  # type: ignore[misc]
+            value = Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
+                           tokens=tokens, truncated=truncated, model=self.model, source=source, meta=s.meta,
+                           doc_id=s.doc_id, sentence_index=s.sentence_index).model_dump_json().encode()
+            size = encoded_size(r.key, value, headers)
+            if size > self.result_limit:
+                return self.dead_letter(Rejection(r, Reason.RESULT_TOO_LARGE, f"a result of {size} bytes (value, key "
+                                                  f"and headers) > limit {self.result_limit}"))
+            messages.append(Outgoing(self.settings.output_topic, r.key, value, headers))
+            labels.append(p.label)
+        return Handled(r, messages, labels=labels)
+
+    def _classify(self, sentences: list[Sentence]) -> dict[int, tuple[Prediction, int, bool] | Exception]:
+        """Per sentence (by ``id``): (prediction, token count, truncated), or the error that
+        isolates it."""
+        out: dict[int, tuple[Prediction, int, bool] | Exception] = {}
+        encoded: list[tuple[Sentence, Encoding]] = []
+        for s, e in zip(sentences, self._tokenize([s.text for s in sentences]), strict=True):
+            if isinstance(e, Exception):
+                out[id(s)] = e
+            else:
+                encoded.append((s, e))
+        for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
+            for (s, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
+                if isinstance(p, Exception):
+                    out[id(s)] = p
+                else:
+                    truncated = bool(e.overflowing)
+                    out[id(s)] = (p, self.bundle.token_count(s.text) if truncated else len(e.ids), truncated)
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[Encoding | Exception]:
+        try:
+            return list(self.bundle.tokenize(texts))
+        except Exception:  # tokenizers' errors are untyped: find the guilty text(s) one by one
+            log.warning("tokenizing %d texts failed; isolating the guilty one(s)", len(texts))
+            out: list[Encoding | Exception] = []
+            for text in texts:
+                try:
+                    out.extend(self.bundle.tokenize([text]))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+    def _predict(self, encodings: list[Encoding], retry: bool = True) -> list[Prediction | Exception]:
+        """Classify one batch. On an error: retry once after a short pause (a transient error
+        passes), then bisect; a single sentence that still fails gets its error."""
+        started = time.perf_counter()
+        try:
+            predictions = self.bundle.classify_encoded(encodings)
+        except Exception as exc:  # onnxruntime errors are untyped
+            if retry:
+                log.warning("inference failed on a batch of %d (%s); retrying once", len(encodings), _one_line(exc))
+                time.sleep(RETRY_DELAY_S)
+                return self._predict(encodings, retry=False)
+            if len(encodings) == 1:
+                return [exc]
+            half = len(encodings) // 2
+            return self._predict(encodings[:half], retry=False) + self._predict(encodings[half:], retry=False)
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(encodings))
+        return list(predictions)
+
+
+def _one_line(exc: object) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
