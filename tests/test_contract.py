@@ -105,3 +105,29 @@ def test_decoder_never_raises(value: bytes) -> None:
     else:
         msg_id, text, meta = out
         assert isinstance(msg_id, str) and text.strip() and isinstance(meta, dict)
+
+
+def test_json_values_that_are_not_objects() -> None:
+    assert decode(Rec(b'"A JSON string is its text."'), LIMIT)[1] == "A JSON string is its text."
+    assert reason(b"null") is Reason.EMPTY_TEXT
+    for value in (b"42", b"-1.5e3", b"true", b"[1, 2]", b' ["a"] '):
+        assert reason(value) is Reason.NOT_AN_OBJECT, value
+    # text that merely starts like JSON is plain text
+    assert decode(Rec(b"[Spoiler] the end is great"), LIMIT)[1] == "[Spoiler] the end is great"
+    assert decode(Rec(b"42 minutes of joy"), LIMIT)[1] == "42 minutes of joy"
+
+
+def test_byte_order_mark_nul_bytes_and_id_types() -> None:
+    assert decode(Rec(b'\xef\xbb\xbf{"id": "b", "text": "With a BOM."}'), LIMIT)[:2] == ("b", "With a BOM.")
+    assert decode(Rec("\ufeffPlain text.".encode()), LIMIT)[1] == "Plain text."
+    assert decode(Rec(b"Nul\x00 inside"), LIMIT)[1] == "Nul\x00 inside"  # kept; the tokenizer drops it
+    assert reason(b"\x00\x00 \x00") is Reason.EMPTY_TEXT
+    assert reason(b'{"id": true, "text": "ok"}') is Reason.INVALID_FIELD
+    assert reason(b'{"id": 1.5, "text": "ok"}') is Reason.INVALID_FIELD
+    deep = b"{\"text\": " + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert isinstance(decode(Rec(deep), 100_000), Rejection)  # nested too deep or not a string: refused, no crash
+
+
+def test_null_header_values_are_carried_as_empty() -> None:
+    headers = dict(result_headers(Rec(b"x", headers=[("name", None)]), ModelRef(name="m", version="1")))
+    assert headers["name"] == b""

@@ -1,0 +1,104 @@
+"""The pipeline without Kafka: one bad sentence never costs the others their results."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+
+import pytest
+
+from worker.bundle import Bundle, default_bundle_path
+from worker.contract import Reason
+from worker.metrics import WorkerMetrics
+from worker.pipeline import Pipeline, UnreadableRecord
+from worker.settings import Settings
+from worker.splitting import make_splitter
+
+Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return Bundle(default_bundle_path())
+
+
+class Poisoned:
+    """The real bundle, except that any batch holding the poisoned text fails like onnxruntime."""
+
+    def __init__(self, bundle: Bundle, poison: str, transient: int = 0) -> None:
+        self.bundle, self.manifest, self.calls = bundle, bundle.manifest, 0
+        self.poison_ids = bundle.tokenize([poison])[0].ids
+        self.transient = transient  # the first N calls fail whatever they hold
+
+    def tokenize(self, texts):
+        return self.bundle.tokenize(texts)
+
+    def token_count(self, text):
+        return self.bundle.token_count(text)
+
+    def classify_encoded(self, encodings):
+        self.calls += 1
+        if self.calls <= self.transient or any(e.ids == self.poison_ids for e in encodings):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+        return self.bundle.classify_encoded(encodings)
+
+
+def records(texts: list[str]) -> list[Rec]:
+    return [Rec("in", 0, i, 0, None, json.dumps({"id": f"m{i}", "text": t}).encode(), []) for i, t in enumerate(texts)]
+
+
+def run(pipeline: Pipeline, texts: list[str]):
+    return pipeline.handle([pipeline.decode(r) for r in records(texts)])
+
+
+def test_a_sentence_that_breaks_inference_is_found_by_bisection_and_only_it_is_dead_lettered(bundle) -> None:
+    texts = [f"A fine film, number {i}." for i in range(31)] + ["The one sentence that breaks the model."]
+    texts[17] = "The one sentence that breaks the model."
+    fake = Poisoned(bundle, "The one sentence that breaks the model.")
+    out = run(Pipeline(Settings(batch_size=32), fake, WorkerMetrics(None)), texts)
+    rejected = [h.record.offset for h in out if h.rejection is not None]
+    assert rejected == [17, 31]
+    assert all(h.rejection.reason is Reason.MODEL_ERROR for h in out if h.rejection)
+    assert sum(len(h.messages) for h in out if h.rejection is None) == 30  # the innocent are classified
+
+
+def test_a_transient_inference_error_is_retried_before_anything_is_dead_lettered(bundle) -> None:
+    fake = Poisoned(bundle, "never sent", transient=1)
+    out = run(Pipeline(Settings(), fake, WorkerMetrics(None)), ["Good.", "Bad."])
+    assert [h.rejection for h in out] == [None, None]
+
+
+def test_split_bombs_and_too_many_sentences_are_refused_before_and_after_splitting(bundle) -> None:
+    p = Pipeline(Settings(max_sentences=5, split_sentences=True), bundle, WorkerMetrics(None), make_splitter())
+    bomb, six, five = p.decode(records(["a. " * 21_000])[0]), p.decode(records(["Mr Smith. " * 6])[0]), \
+        p.decode(records(["Fine. " * 5])[0])
+    assert bomb.rejection.reason is Reason.TOO_MANY_SENTENCES
+    assert six.rejection is not None and six.rejection.reason is Reason.TOO_MANY_SENTENCES
+    assert five.rejection is None and len(five.sentences) == 5
+
+
+def test_long_text_is_flagged_truncated_with_its_true_token_count(bundle) -> None:
+    p = Pipeline(Settings(), bundle, WorkerMetrics(None))
+    long_text = "good " * 300
+    short, long_ = run(p, ["Short and sweet.", long_text])
+    short_result, long_result = json.loads(short.messages[0].value), json.loads(long_.messages[0].value)
+    assert short_result["truncated"] is False and short_result["tokens"] == len(bundle.tokenize(["Short and sweet."])[0].ids)
+    assert long_result["truncated"] is True and long_result["tokens"] == 302  # 300 words + [CLS] + [SEP]
+
+
+def test_unreadable_record_becomes_a_dead_letter_with_the_clients_error(bundle) -> None:
+    p = Pipeline(Settings(), bundle, WorkerMetrics(None))
+    [h] = p.handle([p.decode(UnreadableRecord("in", 3, 7, 0, "CorruptRecordError: bad header key"))])
+    assert h.rejection.reason is Reason.UNREADABLE_RECORD
+    [m] = h.messages
+    headers = dict(m.headers)
+    assert m.value == b"" and headers["sentistream-source-offset"] == b"7"
+    assert b"bad header key" in headers["sentistream-dlq-detail"]
+
+
+def test_results_over_the_topic_limit_are_dead_lettered_and_huge_dead_letters_become_stubs(bundle) -> None:
+    p = Pipeline(Settings(), bundle, WorkerMetrics(None))
+    p.fit_topics({"sentences.labeled": 3000, "sentences.dlq": 3000})
+    [h] = run(p, ["x" * 2900])
+    assert h.rejection.reason is Reason.RESULT_TOO_LARGE
+    assert h.messages[0].stub and h.messages[0].value == b""  # the record itself is over the DLQ's limit too
