@@ -1,35 +1,64 @@
 """``--processes N``: N worker processes in one consumer group, supervised.
 
-A crashed child is logged and restarted (with a short back-off); SIGTERM/SIGINT are passed on
-and every child gets to finish its batch. The children share a Prometheus multiprocess
-directory, so one scrape of the supervisor's port sees all of them.
+The supervisor waits on its children's process sentinels and a wake-up pipe (never a blind sleep):
+a child that exits is restarted at a deadline after a back-off (1, 2, 5, 10, 30 s; back to 1 s once
+it had run for STABLE_AFTER_S); more than ``max_restarts`` restarts within ``restart_window_s`` is a
+crash loop, and it gives up (exit 3). SIGTERM/SIGINT are passed on at once; every child gets
+STOP_GRACE_S to finish its batch, then SIGKILL.
+
+The children share a Prometheus multiprocess directory, so one scrape of the supervisor's port sees
+all of them. The supervisor reads the children's gauges there to answer ``/readyz`` per worker and
+to kill a child whose loop stopped turning (``stall_timeout_s``). Consumer lag is measured by the
+supervisor (worker/lag.py), so it stays right while a child is down.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
 
 from worker.settings import Settings
 
 if TYPE_CHECKING:
     from worker.bundle import Bundle
+    from worker.metrics import SupervisorMetrics
 
 log = logging.getLogger(__name__)
 
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_CRASH_LOOP = 3
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+STABLE_AFTER_S = 60.0  # a child that ran this long before exiting starts its back-off over
 STOP_GRACE_S = 60.0
+CHECK_EVERY_S = 1.0  # the loop turns at least this often (stall checks, /healthz)
+
+# The children's gauges the supervisor reads (defined in worker/metrics.py, multiprocess mode liveall).
+READY_GAUGE = "sentistream_worker_ready"
+PROBLEM_GAUGE = "sentistream_worker_problem"
+LAST_TURN_GAUGE = "sentistream_loop_last_turn_timestamp_seconds"
+
+Clock = Callable[[], float]
 
 
+# -- one worker in this process -------------------------------------------------------------------
 def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle: Bundle | None = None) -> int:
     """One worker in this process (the child's body, and the whole thing when N = 1); ``bundle``:
-    one already loaded."""
+    one already loaded. A supervisor's child serves no HTTP and reports no lag."""
     from prometheus_client import CollectorRegistry
 
     from worker.bundle import BundleError
@@ -39,14 +68,15 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
     registry = CollectorRegistry() if serve_http else None
     metrics = WorkerMetrics(registry)
     try:
-        worker = Worker(settings, metrics, process_index=index, bundle=bundle)
+        worker = Worker(settings, metrics, process_index=index, bundle=bundle, report_lag=serve_http)
     except BundleError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     install_signal_handlers(worker)
     server = None
     if serve_http and settings.metrics_port:
-        server = serve(settings.metrics_host, settings.metrics_port, registry, worker.is_ready)
+        server = serve(settings.metrics_host, settings.metrics_port, registry, worker.health.live,
+                       worker.health.ready)
     try:
         return worker.run()
     finally:
@@ -61,77 +91,397 @@ def _child(settings: Settings, index: int) -> None:
     raise SystemExit(run_one(settings, index, serve_http=False))
 
 
-def _ready_count(registry) -> float:
-    total = 0.0
-    for family in registry.collect():
-        if family.name == "sentistream_worker_ready":
-            total += sum(s.value for s in family.samples)
-    return total
+# -- restart policy (pure) ------------------------------------------------------------------------
+class RestartPolicy:
+    """When to restart a child that exited, and when to give up; the clock is injected.
+
+    A child's back-off climbs ``backoff`` with each exit and starts over when it had run for
+    ``stable_after_s``. More than ``max_restarts`` restarts (of any child) within ``window_s`` is a
+    crash loop: :meth:`after_exit` answers None."""
+
+    def __init__(self, max_restarts: int, window_s: float, clock: Clock = time.monotonic,
+                 backoff: Sequence[float] = RESTART_BACKOFF_S, stable_after_s: float = STABLE_AFTER_S) -> None:
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.clock = clock
+        self.backoff = tuple(backoff)
+        self.stable_after_s = stable_after_s
+        self._streak: dict[int, int] = {}
+        self._restarts: deque[float] = deque()
+
+    def after_exit(self, index: int, started_at: float) -> float | None:
+        """Child ``index``, started at ``started_at``, exited now: seconds until its restart, or
+        None when that restart would be one too many."""
+        now = self.clock()
+        self._forget_before(now - self.window_s)
+        if len(self._restarts) >= self.max_restarts:
+            return None
+        self._restarts.append(now)
+        streak = 0 if now - started_at >= self.stable_after_s else self._streak.get(index, 0)
+        self._streak[index] = streak + 1
+        return self.backoff[min(streak, len(self.backoff) - 1)]
+
+    def recent(self) -> tuple[int, float]:
+        """Restarts within the window, and the seconds since the oldest of them."""
+        now = self.clock()
+        self._forget_before(now - self.window_s)
+        return len(self._restarts), (now - self._restarts[0]) if self._restarts else 0.0
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._restarts and self._restarts[0] <= cutoff:
+            self._restarts.popleft()
 
 
+# -- what the children report (pure) --------------------------------------------------------------
+@dataclass(frozen=True)
+class ChildReport:
+    """One child's own view, from its liveall gauges (keyed by pid)."""
+
+    ready: bool = False
+    problems: tuple[str, ...] = ()
+    last_turn: float = 0.0  # unix time; 0: the loop has not turned yet
+
+
+def child_reports(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> dict[int, ChildReport]:
+    """Per pid, from ``(name, labels, value)`` samples of the multiprocess directory."""
+    ready: dict[int, bool] = {}
+    problems: dict[int, list[str]] = {}
+    turned: dict[int, float] = {}
+    for name, labels, value in samples:
+        pid_label = labels.get("pid", "")
+        if not pid_label.isdigit():
+            continue
+        pid = int(pid_label)
+        if name == READY_GAUGE:
+            ready[pid] = value == 1
+        elif name == PROBLEM_GAUGE:
+            held = problems.setdefault(pid, [])
+            if value == 1:
+                held.append(labels.get("problem", "unknown"))
+        elif name == LAST_TURN_GAUGE:
+            turned[pid] = value
+    return {pid: ChildReport(ready.get(pid, False), tuple(sorted(problems.get(pid, ()))), turned.get(pid, 0.0))
+            for pid in {*ready, *problems, *turned}}
+
+
+def read_child_samples(prom_dir: str) -> list[tuple[str, Mapping[str, str], float]]:
+    """The liveall gauges of every live process in ``prom_dir`` (the children's own files)."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    files = glob.glob(os.path.join(prom_dir, "gauge_liveall_*.db"))
+    return [(s.name, s.labels, s.value)
+            for family in MultiProcessCollector.merge(files, accumulate=False) for s in family.samples]
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """What ``/readyz`` needs of one worker slot (an immutable copy for the HTTP thread)."""
+
+    index: int
+    pid: int | None  # None: no child running
+    last_pid: int | None = None
+    restart_at: float | None = None  # monotonic deadline of a scheduled restart
+
+
+def readiness(slots: Sequence[SlotView], reports: Mapping[int, ChildReport], now: float) -> tuple[bool, str]:
+    """Ready when every slot's child runs and reports itself ready; else which are not, and why."""
+    not_ready = []
+    for slot in slots:
+        if slot.pid is None:
+            why = "not running"
+            if slot.last_pid is not None:
+                why += f" (pid {slot.last_pid} exited"
+                why += f"; restarting in {max(0.0, slot.restart_at - now):.0f} s)" if slot.restart_at is not None else ")"
+            not_ready.append(f"worker {slot.index}: {why}")
+            continue
+        report = reports.get(slot.pid)
+        if report is None:
+            why = "starting (no report yet)"
+        elif report.ready:
+            continue
+        else:
+            why = "not ready: " + (", ".join(report.problems) or "no problem named")
+        not_ready.append(f"worker {slot.index} (pid {slot.pid}): {why}")
+    if not_ready:
+        return False, "; ".join(not_ready)
+    return True, f"ready: {len(slots)} of {len(slots)} workers"
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# -- the supervisor -------------------------------------------------------------------------------
+@dataclass
+class _Slot:
+    index: int
+    proc: BaseProcess | None = None
+    pid: int | None = None
+    last_pid: int | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    stalled_for: float | None = None  # set when the supervisor killed it for not turning
+
+    def view(self) -> SlotView:
+        return SlotView(self.index, self.pid, self.last_pid, self.restart_at)
+
+
+class Supervisor:
+    """Runs ``settings.processes`` children made by ``spawn(index)`` (started processes) until
+    :meth:`request_stop` (safe in a signal handler), a configuration error or a crash loop.
+
+    ``reports()`` reads the children's gauges (pid → :class:`ChildReport`); ``forget(pid)`` drops a
+    dead child's live gauges."""
+
+    def __init__(self, settings: Settings, spawn: Callable[[int], BaseProcess],
+                 reports: Callable[[], Mapping[int, ChildReport]], metrics: SupervisorMetrics,
+                 forget: Callable[[int], None] = lambda _pid: None, policy: RestartPolicy | None = None,
+                 clock: Clock = time.monotonic, wall: Clock = time.time, grace_s: float = STOP_GRACE_S) -> None:
+        self.settings = settings
+        self.spawn = spawn
+        self.reports = reports
+        self.metrics = metrics
+        self.forget = forget
+        self.clock = clock
+        self.wall = wall
+        self.grace_s = grace_s
+        self.policy = policy or RestartPolicy(settings.max_restarts, settings.restart_window_s, clock)
+        self.slots = [_Slot(i) for i in range(settings.processes)]
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.last_turn = clock()
+        self._views: tuple[SlotView, ...] = tuple(slot.view() for slot in self.slots)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- control ----------------------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+        with contextlib.suppress(OSError):  # a full pipe already wakes the loop
+            os.write(self._wake_w, b"\0")
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def run(self) -> int:
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not self.stopping:
+                self._turn()
+        finally:
+            self._stop_children()
+        return self.exit_code
+
+    # -- probes (HTTP thread) ---------------------------------------------------------------------
+    def live(self) -> tuple[bool, str]:
+        idle = self.clock() - self.last_turn
+        limit = self.settings.stall_timeout_s
+        if idle > limit:
+            return False, f"supervisor loop has not turned for {idle:.0f} s (limit {limit:.0f} s)"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping"
+        try:
+            reports = self.reports()
+        except Exception as exc:  # an unreadable file is an answer too
+            return False, f"cannot read the workers' state: {type(exc).__name__}: {exc}"
+        return readiness(self._views, reports, self.clock())
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _turn(self) -> None:
+        self.last_turn = self.clock()
+        woken = wait([*self._sentinels(), self._wake_r], timeout=self._wait_s())
+        if self._wake_r in woken:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        if self.stopping:
+            return
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.exitcode is not None:
+                self._exited(slot)
+                if self.stopping:
+                    return
+        self._restart_due()
+        self._check_stalls()
+        self._publish()
+
+    def _sentinels(self) -> list[int]:
+        return [slot.proc.sentinel for slot in self.slots if slot.proc is not None]
+
+    def _wait_s(self) -> float:
+        deadlines = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        until_restart = min(deadlines, default=float("inf")) - self.clock()
+        return max(0.0, min(CHECK_EVERY_S, until_restart))
+
+    def _start(self, slot: _Slot) -> None:
+        proc = self.spawn(slot.index)
+        slot.proc, slot.pid, slot.started_at = proc, proc.pid, self.clock()
+        slot.restart_at = slot.stalled_for = None
+        log.info("started worker %d (pid %d)", slot.index, proc.pid)
+        self._publish()
+
+    def _reap(self, slot: _Slot) -> int | None:
+        """Collect an exited child; its exit code."""
+        proc, pid = slot.proc, slot.pid
+        assert proc is not None and pid is not None
+        proc.join()
+        code = proc.exitcode
+        proc.close()
+        self.forget(pid)
+        slot.proc, slot.pid, slot.last_pid = None, None, pid
+        return code
+
+    def _exited(self, slot: _Slot) -> None:
+        pid = slot.pid
+        code = self._reap(slot)
+        if code == EXIT_CONFIG:
+            log.error("worker %d (pid %d) cannot run: configuration error (exit code %d); stopping all workers",
+                      slot.index, pid, code)
+            self._give_up(EXIT_CONFIG)
+            return
+        how = (f"was killed after its loop stalled for {slot.stalled_for:.0f} s" if slot.stalled_for is not None
+               else f"exited ({describe_exit(code)})")
+        delay = self.policy.after_exit(slot.index, slot.started_at)
+        if delay is None:
+            count, span = self.policy.recent()
+            log.error("crash loop: worker %d (pid %d) %s after %d restarts in the last %.0f s (max_restarts %d "
+                      "within %.0f s); giving up, stopping all workers (exit %d)", slot.index, pid, how, count, span,
+                      self.policy.max_restarts, self.policy.window_s, EXIT_CRASH_LOOP)
+            self._give_up(EXIT_CRASH_LOOP)
+            return
+        slot.restart_at = self.clock() + delay
+        log.warning("worker %d (pid %d) %s; restarting in %g s", slot.index, pid, how, delay)
+        self._publish()
+
+    def _give_up(self, code: int) -> None:
+        self.exit_code = code
+        self.stopping = True
+
+    def _restart_due(self) -> None:
+        now = self.clock()
+        for slot in self.slots:
+            if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
+                self._start(slot)
+                self.metrics.restarts.inc()
+
+    def _check_stalls(self) -> None:
+        """SIGKILL a child whose loop turned once but not within ``stall_timeout_s`` since; its exit
+        is then handled as a crash."""
+        limit = self.settings.stall_timeout_s
+        now = self.clock()
+        due = [slot for slot in self.slots
+               if slot.proc is not None and slot.stalled_for is None and now - slot.started_at >= limit]
+        if not due:
+            return
+        try:
+            reports = self.reports()
+        except Exception as exc:  # next turn tries again
+            log.debug("cannot read the workers' gauges: %s", exc)
+            return
+        wall = self.wall()
+        for slot in due:
+            report = reports.get(slot.pid or 0)
+            if slot.proc is None or report is None or report.last_turn <= 0:
+                continue
+            idle = wall - report.last_turn
+            if idle > limit:
+                log.error("worker %d (pid %d): its loop has not turned for %.0f s (stall_timeout_s %.0f); "
+                          "killing it", slot.index, slot.pid, idle, limit)
+                slot.stalled_for = idle
+                slot.proc.kill()
+
+    def _publish(self) -> None:
+        self._views = tuple(slot.view() for slot in self.slots)
+
+    # -- stopping ---------------------------------------------------------------------------------
+    def _stop_children(self) -> None:
+        """SIGTERM to every child at once, up to ``grace_s`` for all of them, then SIGKILL."""
+        running = [slot for slot in self.slots if slot.proc is not None]
+        for slot in self.slots:
+            slot.restart_at = None
+            if slot.proc is not None:
+                slot.proc.terminate()
+        if running:
+            log.info("stopping %d worker(s); up to %g s to finish", len(running), self.grace_s)
+        deadline = self.clock() + self.grace_s
+        while self._sentinels() and self.clock() < deadline:
+            self.last_turn = self.clock()
+            wait(self._sentinels(), timeout=max(0.0, min(CHECK_EVERY_S, deadline - self.clock())))
+            for slot in running:
+                if slot.proc is not None and slot.proc.exitcode is not None:
+                    self._stopped(slot)
+        for slot in running:
+            if slot.proc is not None:
+                log.error("worker %d (pid %d) did not stop within %g s; killing it", slot.index, slot.pid,
+                          self.grace_s)
+                slot.proc.kill()
+                self._stopped(slot)
+        self._publish()
+
+    def _stopped(self, slot: _Slot) -> None:
+        index, pid = slot.index, slot.pid
+        code = self._reap(slot)
+        if code != 0:
+            log.warning("worker %d (pid %d) did not stop cleanly (%s)", index, pid, describe_exit(code))
+            if self.exit_code == EXIT_OK:
+                self.exit_code = EXIT_FAILED
+
+
+# -- wiring ---------------------------------------------------------------------------------------
 def run_supervised(settings: Settings) -> int:
-    from prometheus_client import multiprocess
-
-    n = settings.processes
     prom_dir = tempfile.mkdtemp(prefix="sentistream-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
-    from worker.metrics import multiprocess_registry, serve
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir  # before prometheus_client is imported here
+    try:
+        return _supervise(settings, prom_dir)
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(prom_dir, ignore_errors=True)
 
+
+def _supervise(settings: Settings, prom_dir: str) -> int:
+    from prometheus_client import multiprocess, values
+
+    from worker.lag import LagMonitor
+    from worker.metrics import SupervisorMetrics, multiprocess_registry, serve
+
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: "
+                           "the supervisor's own metrics would not reach /metrics")
     ctx = mp.get_context("spawn")
-    registry = multiprocess_registry()
-    server = None
-    if settings.metrics_port:
-        server = serve(settings.metrics_host, settings.metrics_port, registry,
-                       lambda: _ready_count(registry) >= 1)
-    stopping = False
 
-    def request_stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    def start(index: int) -> mp.Process:
+    def spawn(index: int) -> BaseProcess:
         proc = ctx.Process(target=_child, args=(settings, index), name=f"sentistream-worker-{index}")
         proc.start()
-        log.info("started worker %d (pid %d)", index, proc.pid)
         return proc
 
-    children = {i: start(i) for i in range(n)}
-    restarts = dict.fromkeys(range(n), 0)
-    exit_code = 0
-    while not stopping:
-        time.sleep(0.2)
-        for i, proc in list(children.items()):
-            if proc.is_alive() or stopping:
-                continue
-            multiprocess.mark_process_dead(proc.pid)
-            if proc.exitcode == EXIT_CONFIG:
-                log.error("worker %d cannot start (configuration); stopping all", i)
-                stopping, exit_code = True, EXIT_CONFIG
-                break
-            delay = RESTART_BACKOFF_S[min(restarts[i], len(RESTART_BACKOFF_S) - 1)]
-            log.warning("worker %d (pid %d) exited with %s; restarting in %d s", i, proc.pid,
-                        proc.exitcode, delay)
-            restarts[i] += 1
-            time.sleep(delay)
-            children[i] = start(i)
-
-    for proc in children.values():
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for i, proc in children.items():
-        proc.join(max(0.1, deadline - time.monotonic()))
-        if proc.is_alive():
-            log.error("worker %d did not stop in %.0f s; killing it", i, STOP_GRACE_S)
-            proc.kill()
-            proc.join()
-        if proc.exitcode not in (0, None) and exit_code == 0:
-            exit_code = 1
-        multiprocess.mark_process_dead(proc.pid)
-    if server is not None:
-        server.shutdown()
-    log.info("supervisor stopped (exit %d)", exit_code)
-    return exit_code
+    metrics = SupervisorMetrics(None)  # values live in prom_dir, beside the children's
+    supervisor = Supervisor(settings, spawn, lambda: child_reports(read_child_samples(prom_dir)), metrics,
+                            forget=lambda pid: multiprocess.mark_process_dead(pid, prom_dir))
+    previous: dict[int, Any] = {sig: signal.signal(sig, supervisor.request_stop)
+                                for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = None
+    if settings.metrics_port:
+        server = serve(settings.metrics_host, settings.metrics_port, multiprocess_registry(), supervisor.live,
+                       supervisor.ready)
+    lag = LagMonitor(settings, metrics.lag).start()
+    log.info("supervising %d workers of group %s on %s", settings.processes, settings.group_id, settings.input_topic)
+    try:
+        code = supervisor.run()
+    finally:
+        lag.stop()
+        if server is not None:
+            server.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        supervisor.close()
+    log.info("supervisor stopped (exit %d)", code)
+    return code
