@@ -9,7 +9,7 @@ from kafka import TopicPartition
 from kafka import errors as kerr
 
 from worker.contract import Reason, Rejection
-from worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce
+from worker.delivery import AtLeastOnce, ExactlyOnce
 from worker.health import PUBLISH_BLOCKED, Health
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Handled, Outgoing
@@ -195,14 +195,17 @@ def test_a_record_the_client_refuses_is_dead_lettered_and_committed_once_that_is
     assert consumer.committed_to(P0) == 2
 
 
-def test_a_broker_refusal_stops_the_at_least_once_worker_without_committing_it() -> None:
+def test_a_record_the_broker_refuses_is_dead_lettered_the_others_commit() -> None:
     d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000)
     d.deliver(handled(0, range(0, 2)))
     futures_of(producer, range(0, 1))[0].fail(kerr.MessageSizeTooLargeError())
     futures_of(producer, range(1, 2))[0].succeed()
-    with pytest.raises(DeliveryFailed):
-        d.checkpoint()
-    assert consumer.committed_to(P0) is None
+    d.checkpoint()
+    assert consumer.committed_to(P0) is None  # record 0's dead letter is not acknowledged yet
+    assert producer.sent[-1][0] == "dlq"
+    producer.sent[-1][2].succeed()
+    d.checkpoint()
+    assert consumer.committed_to(P0) == 2
 
 
 def test_backpressure_counts_records_in_flight() -> None:

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 # The client refuses this very record before it leaves (types, larger than it may send).
 CLIENT_RECORD_ERRORS = (TypeError, ValueError, AssertionError, kerr.MessageSizeTooLargeError)
-# The broker refuses this very record. kafka-python's idempotent producer treats this as fatal
-# (every later send fails), so the worker checks sizes against the topics' limits beforehand.
+# The broker refuses this very record (the worker checks sizes against the topics' limits
+# beforehand, so this is rare).
 BROKER_RECORD_ERRORS = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidRecordError,
                         kerr.CorruptRecordError, kerr.UnsupportedForMessageFormatError)
 # This producer may not go on (another instance took its transactional id, or worse).
@@ -72,11 +72,11 @@ def _failure(future: Any) -> Exception | None:
     return future.exception if future.is_done else None
 
 
-def record_refused(future: Any, transactional: bool) -> bool:
+def record_refused(future: Any) -> bool:
     """Whether ``future`` failed because of its own record (so it is dead-lettered instead)."""
     if isinstance(future, Failed):
         return isinstance(future.exception, CLIENT_RECORD_ERRORS)
-    return transactional and isinstance(_failure(future), BROKER_RECORD_ERRORS)
+    return isinstance(_failure(future), BROKER_RECORD_ERRORS)
 
 
 @dataclass
@@ -164,11 +164,7 @@ class _Delivery:
         """What to publish instead of a record whose ``message`` was refused: its dead letter, or
         a stub of it; ``None`` when the failure is not the record's own (retry the partition)."""
         exc = _failure(future)
-        if isinstance(exc, BROKER_RECORD_ERRORS) and not self.transactional and not isinstance(future, Failed):
-            raise DeliveryFailed(f"the broker refused a message for {h.record.topic}[{h.record.partition}]@"
-                                 f"{h.record.offset} to {message.topic} ({_one_line(exc)}); the idempotent "
-                                 "producer cannot go on")
-        if not record_refused(future, self.transactional) or message.stub:
+        if not record_refused(future) or message.stub:
             return None
         if message.dead_letter:
             return self.pipeline.dead_letter(h.rejection, stub=True)  # type: ignore[arg-type]
@@ -393,7 +389,7 @@ class ExactlyOnce(_Delivery):
         named = str(exc)
         culprits: dict[int, tuple[Outgoing, Any]] = {}
         for h, m, f in sent:
-            if record_refused(f, transactional=True):
+            if record_refused(f):
                 culprits.setdefault(id(h), (m, f))
         blocked_tps: dict[TopicPartition, tuple[int, str]] = {}
         for h, m, _ in sent:  # e.g. TopicAuthorizationFailedError names the topics it refused

@@ -77,7 +77,12 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProdu
     cfg: dict[str, Any] = {
         **settings.kafka_client_config(bootstrap),
         "acks": "all",
-        "enable_idempotence": True,
+        # kafka-python's idempotent producer turns one refused record (too large, not authorized)
+        # into a fatal state in which every later send fails. Without it, one request in flight
+        # per connection keeps each partition's order; a retried send may duplicate, which
+        # at-least-once allows. Transactions (exactly-once) switch idempotence back on.
+        "enable_idempotence": False,
+        "max_in_flight_requests_per_connection": 1,
         "linger_ms": 0,  # results go out at once (latency); under load batches form anyway
         "batch_size": 64 * 1024,
         "max_request_size": MAX_REQUEST_BYTES,

@@ -84,7 +84,8 @@ class Worker:
             self.consumer = kafka_clients.consumer(s, bootstrap)
             stack.callback(self._close_consumer)
             exactly_once = s.delivery == "exactly-once"
-            producer_extra = {"transactional_id": self._transactional_id(),
+            producer_extra = {"transactional_id": self._transactional_id(), "enable_idempotence": True,
+                              "max_in_flight_requests_per_connection": 5,
                               "transaction_timeout_ms": 15_000} if exactly_once else {}
             producer = kafka_clients.producer(s, bootstrap, **producer_extra)
             stack.callback(producer.close, 30)
