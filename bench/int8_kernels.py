@@ -2,8 +2,8 @@
 
     python -m bench.int8_kernels [--tokens 640] [--repeat 200]
 
-The default model's int8 drift comes from activation outliers in a few tokens (README
-"Quantization"); one scale per token would hold them, but onnxruntime's fused dynamic int8 MatMul
+The default model's int8 drift comes from activation outliers in a few tokens
+(docs/quantization.md); one scale per token would hold them, but onnxruntime's fused dynamic int8 MatMul
 takes one scale per tensor. Per-token int8 has to be spelled out as ordinary operators (abs max
 per row, scale, round, MatMulInteger, rescale). This script times, for MiniLM's three MatMul
 shapes (hidden 384, FFN 1536) on ``--tokens`` rows (32 sentences of 20 tokens):

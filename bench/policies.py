@@ -2,7 +2,7 @@
 
     python -m bench.policies [--bundle DIR] [-n 2000] [--rounds 2]
 
-Why the worker batches as it does (README "Performance"): how many polled records are sorted
+Why the worker batches as it does (docs/performance.md): how many polled records are sorted
 together (the window), what they are sorted by, and how far lengths may differ inside a batch.
 Rounds are interleaved so that a noisy neighbour hits every policy alike.
 """
@@ -17,9 +17,9 @@ from worker.bundle import Bundle, default_bundle_path
 
 # (name, window, sort key: "chars" or "tokens", length tolerance within a batch; None = any)
 POLICIES: list[tuple[str, int, str, int | None]] = [
-    ("128-record windows, by characters, any lengths (worker before 2026-11-26)", 128, "chars", None),
+    ("128-record windows, by characters, any lengths", 128, "chars", None),
     ("256-record windows, by tokens, any lengths", 256, "tokens", None),
-    ("256-record windows, by tokens, lengths within ±1 token (the worker now)", 256, "tokens", 1),
+    ("256-record windows, by tokens, lengths within ±1 token (the worker's policy)", 256, "tokens", 1),
     ("4-record windows (light traffic), by tokens, any lengths", 4, "tokens", None),
     ("4-record windows (light traffic), by tokens, within ±1 token", 4, "tokens", 1),
     ("one sentence per call", 1, "tokens", 0),

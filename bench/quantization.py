@@ -11,7 +11,6 @@ gate in ``export/quantize.py`` decides what may ship. Needs the export extra (on
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -23,7 +22,7 @@ import onnxruntime as ort
 from export import data
 from export import quantize as quant
 from worker.batching import token_batches
-from worker.bundle import Bundle, session_options
+from worker.bundle import MANIFEST, Bundle, Manifest, session_options
 
 
 def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, Path]:
@@ -53,8 +52,8 @@ def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, P
 
 
 def run(model: Path, bundle: Bundle, encodings: list, batches: list[list[int]]) -> tuple[float, np.ndarray]:
-    manifest = model.parent / "manifest.json"  # a bundle's own session settings, as the worker applies them
-    config = json.loads(manifest.read_text()).get("session_config", {}) if manifest.exists() else {}
+    # a bundle's own session settings, as the worker applies them; a bare model file has none
+    config = Manifest.read(model.parent).session_config if (model.parent / MANIFEST).exists() else {}
     session = ort.InferenceSession(str(model), session_options(1, config), providers=["CPUExecutionProvider"])
     logits = np.zeros((len(encodings), len(bundle.labels)), np.float32)
     session.run(None, bundle.feed([encodings[i] for i in batches[len(batches) // 2]]))  # warm-up

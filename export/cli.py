@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +15,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   rich_markup_mode=None, help="Train a model and export it as a bundle (export extra).")
 
 
-def _require_export_extra() -> None:
+def _require_export_extra(modules: tuple[str, ...] = ("torch", "transformers", "sklearn", "onnx")) -> None:
     import importlib.util
 
-    missing = [m for m in ("torch", "transformers", "sklearn", "onnx") if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         from worker.errors import UserError
 
@@ -30,64 +32,98 @@ def _is_default_task(labels: list[str]) -> bool:
     return list(labels) == list(LABELS)
 
 
+def fp32_path(out: Path) -> Path:
+    """Where ``--quantize int8`` keeps the fp32 export that the int8 bundle was gated against."""
+    return out.with_name(out.name + "-fp32")
+
+
 def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: str, name: str | None,
-                 version: str, max_length: int | None, extra: dict | None = None) -> dict:
+                 version: str, max_length: int | None, training: dict | None = None,
+                 finish: Callable[[Path, Path], None] | None = None) -> dict:
     """Export (fp32, parity-checked), then optionally quantize and gate. Returns the figures.
 
-    With ``quantize``, ``out`` gets the int8 bundle and ``<out>-fp32`` keeps the fp32 export.
+    With ``quantize``, ``out`` gets the int8 bundle and ``<out>-fp32`` the fp32 export it was
+    gated against (what ``sentistream bench --fp32-bundle`` compares with); the command's output
+    names both. ``finish(fp32_dir, bundle_dir)`` may add files and manifest entries (rehashed).
+    Everything is built in a hidden temporary sibling of ``out`` and renamed into place at the
+    end: a failure leaves no bundle behind, and an earlier bundle at ``out`` as it was.
     """
     from export import data as data_mod
     from export import onnx_export
-    from export import quantize as quant
-    from export.errors import QuantizationGateError
     from export.onnx_export import load_checkpoint
+    from worker.bundle import Manifest, check_replaceable, publish
 
+    out = out.absolute()
+    targets = {"bundle": out, "fp32": fp32_path(out)} if quantize else {"bundle": out}
+    for target in targets.values():
+        check_replaceable(target)  # before the long part
     model, _ = load_checkpoint(checkpoint)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     dataset = data_mod.load(data_mod.default_cache_dir()) if _is_default_task(labels) else None
     parity_texts = dataset.part("test")[0] if dataset else None
-    fp32_dir = out.with_name(out.name + "-fp32") if quantize else out
-    shutil.rmtree(fp32_dir, ignore_errors=True)
-    exported = onnx_export.export_checkpoint(checkpoint, fp32_dir, name=name, version=version,
-                                             max_length=max_length, sentences=parity_texts, extra=extra)
-    typer.echo(f"fp32 export {fp32_dir}: parity {json.dumps(exported.parity)}")
-    figures = {"parity": exported.parity}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
+        fp32_dir = built = Path(tmp) / "fp32"
+        exported = onnx_export.export_checkpoint(checkpoint, fp32_dir, name=name, version=version,
+                                                 max_length=max_length, sentences=parity_texts, training=training)
+        typer.echo(f"fp32 export: parity {json.dumps(exported.parity)}")
+        figures = {"parity": exported.parity}
+        if quantize:
+            built, gate, refused = _quantize_gated(fp32_dir, Path(tmp), method, dataset)
+            manifest = Manifest.read(built)
+            quantization = {**(manifest.quantization or {}), "gate": gate}
+            if refused:
+                quantization["refused"] = refused
+            # the int8 bundle records the parity of the fp32 export it was gated against
+            manifest.model_copy(update={"quantization": quantization, "parity": exported.parity}).write(built)
+            figures["int8_gate"] = gate
+        if finish is not None:
+            finish(fp32_dir, built)
+        publish(built, targets["bundle"])
+        if quantize:
+            publish(fp32_dir, targets["fp32"])
     if quantize:
-        calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
-        texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else \
-            (onnx_export.SAMPLE_SENTENCES, None)
-        candidates = quant.AUTO_ORDER if method == "auto" else (method,)
-        refused = []
-        for attempt, candidate in enumerate(candidates, start=1):
-            shutil.rmtree(out, ignore_errors=True)
-            quant.quantize(fp32_dir, out, method=candidate, calibration_texts=calib)
-            try:
-                gate = quant.gate(fp32_dir, out, texts, y)
-                break
-            except QuantizationGateError as err:
-                shutil.rmtree(out, ignore_errors=True)  # a refused int8 bundle is not left behind
-                if attempt == len(candidates):
-                    raise
-                refused.append({"method": candidate, "gate": err.figures, "failed": err.failed})
-                typer.echo(f"int8 {candidate} refused ({'; '.join(err.failed)}); trying the next method")
-        typer.echo(f"int8 {out} ({candidate}) accepted: {json.dumps(gate)}")
-        manifest_path = out / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["quantization"]["gate"] = gate
-        if refused:
-            manifest["quantization"]["refused"] = refused
-        manifest["parity"] = exported.parity
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        figures["int8_gate"] = gate
+        typer.echo(f"int8 bundle: {targets['bundle']}\nfp32 export it was gated against: {targets['fp32']}")
+    else:
+        typer.echo(f"bundle: {targets['bundle']}")
     return figures
+
+
+def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset) -> tuple[Path, dict, list[dict]]:
+    """Quantize with ``method`` (``auto``: each of ``AUTO_ORDER`` in turn) until the gate accepts;
+    returns the accepted bundle, its gate figures and the refusals before it."""
+    from export import onnx_export
+    from export import quantize as quant
+    from export.errors import QuantizationGateError
+
+    calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
+    texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else (onnx_export.SAMPLE_SENTENCES, None)
+    candidates = quant.AUTO_ORDER if method == "auto" else (method,)
+    refused: list[dict] = []
+    for attempt, candidate in enumerate(candidates, start=1):
+        int8_dir = quant.quantize(fp32_dir, work / f"int8-{candidate}", method=candidate, calibration_texts=calib)
+        try:
+            gate = quant.gate(fp32_dir, int8_dir, texts, y)
+        except QuantizationGateError as err:
+            shutil.rmtree(int8_dir, ignore_errors=True)
+            if attempt == len(candidates):
+                raise
+            refused.append({"method": candidate, "gate": err.figures, "failed": err.failed})
+            typer.echo(f"int8 {candidate} refused ({'; '.join(err.failed)}); trying the next method")
+            continue
+        typer.echo(f"int8 {candidate} accepted: {json.dumps(gate)}")
+        return int8_dir, gate, refused
+    raise AssertionError("unreachable: the last refusal is raised")
 
 
 @app.command("onnx")
 def onnx_cmd(
     model: Annotated[Path, typer.Option(help="Hugging Face checkpoint directory")],
     out: Annotated[Path, typer.Option(help="bundle directory to write")],
-    quantize: Annotated[str | None, typer.Option(help="int8")] = None,
-    method: Annotated[str, typer.Option(help="int8 method, see README; auto: the fastest the gate accepts")] = "auto",
+    quantize: Annotated[str | None, typer.Option(
+        help="int8: OUT gets the int8 bundle, OUT-fp32 the fp32 export it is gated against")] = None,
+    method: Annotated[str, typer.Option(
+        help="int8 method, see docs/quantization.md; auto: the fastest the gate accepts")] = "auto",
     name: Annotated[str | None, typer.Option(help="bundle name; default: checkpoint dir name")] = None,
     version: Annotated[str, typer.Option(help="bundle version")] = "1.0.0",
     max_length: Annotated[int | None, typer.Option(help="max tokens; default: the tokenizer's (≤ 512)")] = None,
@@ -106,7 +142,8 @@ def onnx_cmd(
 
 @app.command("train")
 def train_cmd(
-    out: Annotated[Path, typer.Option(help="bundle directory to write")] = Path("worker/models/sst5-minilm"),
+    out: Annotated[Path, typer.Option(help="bundle directory to write (and OUT-fp32: its fp32 export)")] = Path(
+        "worker/models/sst5-minilm"),
     work_dir: Annotated[Path, typer.Option(help="checkpoint and training summary")] = Path("out/train"),
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
@@ -123,7 +160,10 @@ def train_cmd(
     _require_export_extra()
     from export import data as data_mod
     from export import train
+    from worker.bundle import check_replaceable
 
+    for target in (out, fp32_path(out)):
+        check_replaceable(target.absolute())  # before an hour of training
     dataset = data_mod.load(data_mod.default_cache_dir())
 
     cfg = train.TrainConfig(base_model=train.default_base_model(), out_dir=work_dir, epochs=epochs,
@@ -136,33 +176,50 @@ def train_cmd(
 
 
 def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: str, dataset) -> None:
+    """Build the default bundle; before it is published, evaluate it and its fp32 export on the
+    fixed test split and add ``REPORT.md`` and the manifest's ``figures``."""
     from export import evaluate
-    from export.onnx_export import write_manifest
+    from worker.bundle import Manifest
 
-    build_bundle(checkpoint, out, quantize="int8", method="auto",
-                 name="sst5-minilm", version=version, max_length=summary["config"]["max_length"],
-                 extra={"training": summary})
-    fp32 = evaluate.evaluate_bundle(out.with_name(out.name + "-fp32"), dataset)
-    int8 = evaluate.evaluate_bundle(out, dataset)
-    tfidf = evaluate.tfidf_baseline(dataset)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["figures"] = {"split": "fixed test split, 2,121 sentences (shared/design/default-model.md)",
-                           "int8": {k: v for k, v in int8.items() if k != "confusion"},
-                           "fp32": {k: v for k, v in fp32.items() if k != "confusion"}}
-    report = evaluate.report_markdown("sst5-minilm int8 (this bundle)", int8, extra={
-        "TF-IDF (1–2 grams) + logistic regression (measured now)": tfidf,
-        "sst5-minilm fp32 export": fp32,
-    })
-    (out / "REPORT.md").write_text(report)
-    write_manifest(out, manifest)
+    def report(fp32_dir: Path, int8_dir: Path) -> None:
+        fp32 = evaluate.evaluate_bundle(fp32_dir, dataset)
+        int8 = evaluate.evaluate_bundle(int8_dir, dataset)
+        tfidf = evaluate.tfidf_baseline(dataset)
+        (int8_dir / "REPORT.md").write_text(evaluate.report_markdown("sst5-minilm int8 (this bundle)", int8, extra={
+            "TF-IDF (1–2 grams) + logistic regression (measured now)": tfidf,
+            "sst5-minilm fp32 export": fp32,
+        }))
+        figures = {"split": f"fixed test split, {int8['sentences']:,} sentences (export/data.py)",
+                   "int8": {k: v for k, v in int8.items() if k != "confusion"},
+                   "fp32": {k: v for k, v in fp32.items() if k != "confusion"}}
+        Manifest.read(int8_dir).model_copy(update={"figures": figures}).rehashed(int8_dir).write(int8_dir)
+
+    build_bundle(checkpoint, out, quantize="int8", method="auto", name="sst5-minilm", version=version,
+                 max_length=summary["config"]["max_length"], training=summary, finish=report)
 
 
 @app.command("eval")
-def eval_cmd(bundle: Annotated[Path, typer.Option(help="bundle directory")]) -> None:
-    """Print a bundle's figures on the fixed test split (accuracy, macro-F1, confusion, r)."""
-    from export import data as data_mod
+def eval_cmd(
+    bundle: Annotated[Path, typer.Option(help="bundle directory")],
+    data: Annotated[Path | None, typer.Option(
+        help='JSON lines {"text": ..., "label": ...} (a label name or index); default: the fixed test split, '
+             "for bundles with the five SST classes")] = None,
+) -> None:
+    """Print a bundle's figures (accuracy, macro-F1, confusion; r on the fixed test split)."""
+    _require_export_extra(("sklearn",))
     from export import evaluate
+    from export.errors import DataError
+    from worker.bundle import Bundle
 
-    dataset = data_mod.load(data_mod.default_cache_dir())
-    figures = evaluate.evaluate_bundle(bundle, dataset)
-    typer.echo(evaluate.report_markdown(bundle.name, figures))
+    loaded = Bundle(bundle, threads=2)
+    if data is not None:
+        texts, y = evaluate.read_labelled(data, loaded.labels)
+        figures = evaluate.evaluate(loaded, texts, y)
+        typer.echo(evaluate.report_markdown(bundle.name, figures, labels=loaded.labels, on=str(data), references=[]))
+        return
+    if not evaluate.has_default_labels(loaded):
+        raise DataError(evaluate.not_default_labels(bundle, loaded.labels))
+    from export import data as data_mod
+
+    texts, y, ratings = data_mod.load(data_mod.default_cache_dir()).part("test")
+    typer.echo(evaluate.report_markdown(bundle.name, evaluate.evaluate(loaded, texts, y, ratings)))

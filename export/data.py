@@ -2,7 +2,7 @@
 
 The sentences come from the *source* distribution of ``vaderSentiment==3.3.2`` on PyPI (the
 wheel leaves them out). They are fetched with pip at training time, verified by sha256, and
-never committed. See ``shared/design/default-model.md``.
+never committed. See docs/model-card.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.errors import DataError
+
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -26,10 +28,6 @@ MOVIE_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350
 LABELS = ("Very negative", "Negative", "Neutral", "Positive", "Very positive")
 CUTS = (0.2, 0.4, 0.6, 0.8)
 SEED = 0
-
-
-class DataError(RuntimeError):
-    """The data package could not be fetched or did not match its published hash."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ from __future__ import annotations
 from worker.errors import UserError
 
 
+class DataError(UserError):
+    """Training or evaluation data cannot be used: not fetched, not matching its published hash,
+    malformed, or not labelled with the bundle's labels."""
+
+
 class ExportError(UserError):
     """Base of everything that makes an export refuse to write a bundle."""
 

