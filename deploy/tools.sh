@@ -3,6 +3,8 @@
 #   promtool + prometheus  Debian package `prometheus` (rule checks, and the real Prometheus the
 #                          dashboard test scrapes a worker with)
 #   tmux                   Debian package (drives `sentistream top` in its test)
+#   kcat                   Debian package (writes records kafka-python cannot: NULL header values,
+#                          header keys that are not UTF-8)
 #   kubeconform            Go module proxy (built with the machine's Go, cached by Go)
 #   CRD and Compose schemas  Go module proxy: KEDA's and the Prometheus Operator's CRDs, the
 #                          Compose spec's JSON schema (cached in Go's module cache)
@@ -14,6 +16,7 @@ mkdir -p "$tools/bin" "$tools/schemas"
 missing=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v tmux >/dev/null || missing+=(tmux)
+command -v kcat >/dev/null || missing+=(kcat)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   export DEBIAN_FRONTEND=noninteractive

@@ -2,7 +2,9 @@
 
 Set ``KAFKA_BOOTSTRAP_SERVERS`` (or ``SENTISTREAM_BOOTSTRAP_SERVERS``) to test against your own
 cluster; otherwise the run starts Apache Kafka (KRaft) on a free loopback port in a temporary
-directory, once, and stops it at the end.
+directory, once, and stops it at the end. That broker enforces ACLs (none exist at first, so all
+is allowed) for the tests that deny a topic to the worker (``tests/kafka_acl.py``); on a
+configured cluster without an authorizer those tests are skipped.
 """
 
 from __future__ import annotations
@@ -40,11 +42,21 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     # Jars are cached in the user's home (shared with `sentistream broker up`); data is not.
     cluster = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka"))
-    state = cluster.up(nodes=1, port=0, timeout=120)
+    state = cluster.up(nodes=1, port=0, timeout=120, acls=True)
     try:
         yield state.bootstrap
     finally:
         cluster.down(wipe=True)
+
+
+@pytest.fixture(scope="session")
+def acl_bootstrap(kafka_bootstrap: str) -> str:
+    """The session's cluster, where tests may add ACLs; skips when it has no authorizer."""
+    from tests.kafka_acl import acls_enforced
+
+    if not acls_enforced(kafka_bootstrap):
+        pytest.skip("the configured cluster does not enforce ACLs")
+    return kafka_bootstrap
 
 
 @pytest.fixture

@@ -43,3 +43,28 @@ def test_port_taken_is_one_line(tmp_path) -> None:
         result = _cli(tmp_path, "up", "--port", str(port))
     assert result.returncode == 2 and f"port {port} is taken" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_kill_stop_start_a_node(tmp_path) -> None:
+    """Fault-rehearsal verbs on a 1-node broker (tests/test_faults.py runs 3 nodes)."""
+    no_broker = _cli(tmp_path, "kill", "--node", "1")
+    assert no_broker.returncode == 2 and "no local broker" in no_broker.stderr
+    assert _cli(tmp_path, "up", "--port", "0").returncode == 0
+    try:
+        for verb in ("kill", "stop", "start"):
+            bad = _cli(tmp_path, verb, "--node", "2")
+            assert bad.returncode == 2 and bad.stderr.strip() == "sentistream: no node 2: the local broker has node(s) 1..1"
+        killed = _cli(tmp_path, "kill", "--node", "1")
+        assert killed.returncode == 0 and "node 1 (127.0.0.1:" in killed.stdout and "killed" in killed.stdout
+        again = _cli(tmp_path, "kill", "--node", "1")
+        assert again.returncode == 2 and "node 1 is not running" in again.stderr
+        status = _cli(tmp_path, "status")
+        assert status.returncode == 1 and "broker start" in status.stdout
+        started = _cli(tmp_path, "start")  # no --node: every stopped node
+        assert started.returncode == 0 and "is back" in started.stdout, started.stderr
+        assert "1/1 broker(s) answering" in _cli(tmp_path, "status").stdout
+        assert _cli(tmp_path, "stop", "--node", "1").returncode == 0
+        assert _cli(tmp_path, "start", "--node", "1").returncode == 0
+        assert "every node" in _cli(tmp_path, "start").stdout
+    finally:
+        assert _cli(tmp_path, "down").returncode == 0

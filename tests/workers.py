@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class WorkerProcess:
     proc: subprocess.Popen | None = None
     port: int = 0
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more SENTISTREAM_* settings
 
     def start(self, log_dir: Path, name: str = "w") -> WorkerProcess:
         s = self.settings
@@ -37,7 +40,7 @@ class WorkerProcess:
                "--input-topic", s.input_topic, "--output-topic", s.output_topic,
                "--dlq-topic", s.dlq_topic, "--metrics-port", str(self.port), *self.args]
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SENTISTREAM_HOME": str(s.home)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SENTISTREAM_HOME": str(s.home), **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT)
         return self
@@ -52,12 +55,13 @@ class WorkerProcess:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, path: str = "/readyz") -> None:
+        """Until ``path`` answers 200 (``/healthz``: the loop runs, ready or not)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"worker exited early:\n{self.log()}"
             try:
-                if self.get("/readyz")[0] == 200:
+                if self.get(path)[0] == 200:
                     return
             except OSError:
                 pass
@@ -118,3 +122,52 @@ def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 90,
             got.extend(records)
     consumer.close()
     return got
+
+
+# -- foreign clients: records kafka-python cannot (or will not) write --------------------------
+def kcat_produce(bootstrap: str, topic: str, partition: int, value: bytes,
+                 headers: Iterable[str | bytes] = ()) -> None:
+    """One record written by kcat (librdkafka). Each header is kcat's ``-H`` argument:
+    ``"name=value"``; ``"name"`` (no ``=``) has a NULL value; bytes reach kcat untouched, so
+    ``b"\\xff\\xfe=v"`` is a header whose key is not UTF-8 (kafka-python's consumer then raises
+    CorruptRecordError in poll). kcat cannot write an empty value: it skips empty input."""
+    if not value:
+        raise ValueError("kcat skips empty input: use foreign_produce for an empty value")
+    assert shutil.which("kcat"), "kcat is not installed: run `make tools` (deploy/tools.sh)"
+    # kcat splits stdin at a delimiter (default newline): pick one the value does not contain
+    delimiter = uuid.uuid4().hex
+    while delimiter.encode() in value:
+        delimiter = uuid.uuid4().hex
+    cmd: list[str | bytes] = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-p", str(partition), "-D", delimiter]
+    for header in headers:
+        cmd += ["-H", header]
+    result = subprocess.run(cmd, input=value, capture_output=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"kcat failed ({result.returncode}): {result.stderr.decode(errors='replace')[-500:]}")
+
+
+@dataclass
+class ForeignRecord:
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)  # a None value: a NULL header
+    partition: int | None = None
+
+
+def foreign_produce(bootstrap: str, topic: str, records: Iterable[ForeignRecord], timeout: float = 30) -> None:
+    """Write ``records`` with confluent-kafka (librdkafka), which can send NULL header values."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    errors: list = []
+
+    def delivered(err, _msg) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for r in records:
+        extra = {} if r.partition is None else {"partition": r.partition}
+        producer.produce(topic, value=r.value, key=r.key, headers=r.headers, on_delivery=delivered, **extra)
+    left = producer.flush(timeout)
+    if errors or left:
+        raise RuntimeError(f"confluent-kafka: {len(errors)} record(s) failed ({errors[:3]}), {left} undelivered")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from worker.errors import UserError
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.local_kafka import LocalCluster
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Streaming sentence classifier on Kafka.")
@@ -42,15 +45,19 @@ def broker_up(
     nodes: Annotated[int, typer.Option(min=1, max=9, help="KRaft nodes (3 for fault tests)")] = 1,
     port: Annotated[int, typer.Option(min=0, max=65535, help="first node's port; 0: any free")] = 9092,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for it")] = 90.0,
+    acls: Annotated[bool, typer.Option("--acls", help="enforce ACLs (none at first: all allowed)")] = False,
 ) -> None:
-    """Start a local KRaft broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster)."""
+    """Start a local KRaft broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster).
+
+    With 3 or more nodes, topics are replicated 3 times with min.insync.replicas 2 (so are the
+    offsets and transaction logs): a crashed node loses no acknowledged write."""
     from worker.local_kafka import LocalCluster
 
     settings = make_settings()
     if settings.bootstrap_servers:
         _echo(f"using the configured cluster {settings.bootstrap_servers}; nothing to start")
         return
-    state = LocalCluster(settings.home).up(nodes=nodes, port=port, timeout=timeout)
+    state = LocalCluster(settings.home).up(nodes=nodes, port=port, timeout=timeout, acls=acls)
     _echo(f"Apache Kafka {state.kafka_version} ({state.nodes} node(s)) is up at {state.bootstrap}")
 
 
@@ -69,20 +76,84 @@ def broker_down(
 def broker_status() -> None:
     """Say whether a broker answers, and where."""
     from worker.kafka_clients import brokers_answering
-    from worker.local_kafka import LocalCluster
+    from worker.local_kafka import LocalCluster, live_broker_ids
 
     settings = make_settings()
     if settings.bootstrap_servers:
         n = brokers_answering(settings.bootstrap_servers, **_security(settings))
         _echo(f"configured cluster {settings.bootstrap_servers}: {n} broker(s) answering")
         raise typer.Exit(0 if n else 1)
-    state = LocalCluster(settings.home).state()
-    if state is None:
-        _echo("no local broker is running (start one with `sentistream broker up`)")
+    cluster = LocalCluster(settings.home)
+    state, running = cluster.recorded(), cluster.running_nodes()
+    if state is None or not running:
+        hint = "`sentistream broker start` restarts its nodes" if state else "start one with `sentistream broker up`"
+        _echo(f"no local broker is running ({hint})")
         raise typer.Exit(1)
-    n = brokers_answering(state.bootstrap)
+    # the cluster reports a crashed node live until its session times out: count running ones only
+    live = live_broker_ids(",".join(state.node_bootstrap(i) for i in running)) & {i + 1 for i in running}
+    stopped = [str(i + 1) for i in range(state.nodes) if i not in running]
     _echo(f"local Apache Kafka {state.kafka_version} at {state.bootstrap}: "
-          f"{n}/{state.nodes} broker(s) answering, pids {state.pids}")
+          f"{len(live)}/{state.nodes} broker(s) answering, pids {state.pids}"
+          + (f"; node(s) {', '.join(stopped)} stopped" if stopped else "") + ("; ACLs enforced" if state.acls else ""))
+
+
+NodesOpt = Annotated[list[int], typer.Option("--node", help="node number, 1..N (repeat for several)")]
+
+
+def _local_cluster() -> LocalCluster:
+    from worker.local_kafka import LocalCluster
+
+    return LocalCluster(make_settings().home)
+
+
+def _indexes(cluster: LocalCluster, numbers: list[int]) -> list[int]:
+    """Indexes of the node numbers given; a number the cluster lacks is one plain line."""
+    return [cluster.node_index(n) for n in dict.fromkeys(numbers)]
+
+
+def _where(cluster: LocalCluster, index: int) -> str:
+    state = cluster.recorded()
+    return f"node {index + 1}" + (f" ({state.node_bootstrap(index)})" if state else "")
+
+
+@broker_app.command("kill")
+def broker_kill(node: NodesOpt) -> None:
+    """SIGKILL node(s) of the local broker: a crash, for fault rehearsal."""
+    cluster = _local_cluster()
+    indexes = _indexes(cluster, node)
+    cluster.stop_nodes(indexes, hard=True)
+    for i in indexes:
+        _echo(f"{_where(cluster, i)} killed")
+
+
+@broker_app.command("stop")
+def broker_stop(
+    node: NodesOpt,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds before a SIGKILL follows")] = 30.0,
+) -> None:
+    """Stop node(s) of the local broker cleanly (SIGTERM), for fault rehearsal."""
+    cluster = _local_cluster()
+    indexes = _indexes(cluster, node)
+    cluster.stop_nodes(indexes, hard=False, timeout=timeout)
+    for i in indexes:
+        _echo(f"{_where(cluster, i)} stopped")
+
+
+@broker_app.command("start")
+def broker_start(
+    node: Annotated[list[int] | None, typer.Option("--node", help="node number (repeatable); "
+                                                   "default: every stopped node")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for them")] = 90.0,
+) -> None:
+    """Start stopped node(s) of the local broker again; return once they answer."""
+    cluster = _local_cluster()
+    indexes = _indexes(cluster, node) if node else cluster.stopped_nodes()
+    if not indexes:
+        _echo("every node of the local broker is running")
+        return
+    cluster.start_nodes(indexes, timeout=timeout)
+    for i in indexes:
+        _echo(f"{_where(cluster, i)} is back")
 
 
 @broker_app.command("logs")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,10 @@ BROKER_RECORD_ERRORS = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeEr
 FATAL_ERRORS = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError,
                 kerr.TransactionalIdAuthorizationFailedError, kerr.TransactionCoordinatorFencedError)
 MAX_TRANSACTION_ATTEMPTS = 4
+# kafka-python waits for transaction calls without a limit, and can lose such a request when a
+# coordinator connection drops (the call then never returns): the worker gives up after this long
+# and exits; its replacement's init_transactions() aborts what was left open.
+TRANSACTION_CALL_TIMEOUT_S = 30.0
 
 
 class DeliveryFailed(RuntimeError):
@@ -116,6 +121,27 @@ def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
         tp = partition_of(r)
         out[tp] = max(out.get(tp, -1), r.offset + 1)
     return out
+
+
+def bounded(call: Callable[..., Any], *args: Any, timeout_s: float = TRANSACTION_CALL_TIMEOUT_S) -> None:
+    """Run ``call(*args)`` in a helper thread; raise DeliveryFailed when it has not returned in time."""
+    what = getattr(call, "__name__", "a client call")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call(*args)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name=f"sentistream-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise DeliveryFailed(f"{what} did not return in {timeout_s:.0f} s (the client lost the request)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _commit_map(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -289,7 +315,10 @@ class AtLeastOnce(_Delivery):
     def revoke(self, tps: set[TopicPartition]) -> None:
         """Partitions are leaving: commit their acknowledged prefix (sends in flight get a
         bounded wait); their new owner re-reads the rest."""
-        self.producer.flush(timeout=30)
+        try:
+            self.producer.flush(timeout=30)
+        except kerr.KafkaError as exc:  # the broker is gone: commit what is acknowledged, no more
+            log.warning("sends still in flight at revoke: %s", _one_line(exc))
         self.checkpoint(blocking=False, only=tps, replace=False)
         for tp in tps:
             self.pending.pop(tp, None)
@@ -298,7 +327,10 @@ class AtLeastOnce(_Delivery):
     def close(self, timeout: float = 30.0) -> None:
         deadline = self.clock() + timeout
         while self.in_flight() and self.clock() < deadline:
-            self.producer.flush(timeout=max(0.1, deadline - self.clock()))
+            try:
+                self.producer.flush(timeout=max(0.1, deadline - self.clock()))
+            except kerr.KafkaError as exc:
+                log.warning("sends still in flight at close: %s", _one_line(exc))
             self.checkpoint(blocking=True)
 
     def _commit(self, offsets: dict[TopicPartition, int], blocking: bool) -> None:
@@ -341,8 +373,8 @@ class ExactlyOnce(_Delivery):
                 refused = next((f.exception for _, _, f in sent if isinstance(f, Failed)), None)
                 if refused is not None:  # not sent at all: committing would skip its record
                     raise kerr.KafkaError(f"a send was refused: {_one_line(refused)}")
-                self.producer.send_offsets_to_transaction(_commit_map(offsets), self.consumer.group_metadata())
-                self.producer.commit_transaction()
+                bounded(self.producer.send_offsets_to_transaction, _commit_map(offsets), self.consumer.group_metadata())
+                bounded(self.producer.commit_transaction)
             except kerr.KafkaError as exc:
                 self._abort(exc)
                 work = self._after_abort(work, sent, exc, rewound)

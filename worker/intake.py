@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CorruptRecordError
+from kafka.errors import CorruptRecordError, KafkaConnectionError, NoBrokersAvailable
 
 from worker.pipeline import UnreadableRecord
 
@@ -31,6 +31,10 @@ def poll(consumer: KafkaConsumer, probe: Callable[[], KafkaConsumer], timeout_ms
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
     except CorruptRecordError as exc:
         return [skip_unreadable(consumer, probe, exc)]
+    except (KafkaConnectionError, NoBrokersAvailable) as exc:  # an outage: /readyz says so; poll again
+        log.warning("no broker answers: %s", exc)
+        time.sleep(timeout_ms / 1000)
+        return []
     return [r for records in polled.values() for r in records]
 
 

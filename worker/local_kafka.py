@@ -47,6 +47,10 @@ class ClusterState:
     ports: list[int]
     controller_ports: list[int]
     kafka_version: str
+    acls: bool = False
+
+    def node_bootstrap(self, index: int) -> str:
+        return f"127.0.0.1:{self.ports[index]}"
 
 
 def _port_free(port: int) -> bool:
@@ -117,26 +121,49 @@ class LocalCluster:
         self.state_file = self.data_dir / "state.json"
 
     # -- state ---------------------------------------------------------------------------------
-    def state(self) -> ClusterState | None:
-        """The running cluster, or None. Stale state (dead processes) counts as not running."""
+    def recorded(self) -> ClusterState | None:
+        """The cluster this data directory holds, running or not (every node may be stopped)."""
         if not self.state_file.exists():
             return None
-        state = ClusterState(**json.loads(self.state_file.read_text()))
-        if not any(_alive(pid) for pid in state.pids):
+        return ClusterState(**json.loads(self.state_file.read_text()))
+
+    def state(self) -> ClusterState | None:
+        """The running cluster, or None. Stale state (dead processes) counts as not running."""
+        state = self.recorded()
+        if state is None or not any(_alive(pid) for pid in state.pids):
             return None
         return state
+
+    def node_index(self, node: int) -> int:
+        """The index of node number ``node`` (1-based, as the CLI and the logs count them)."""
+        nodes = self._require_recorded().nodes
+        if not 1 <= node <= nodes:
+            raise BrokerError(f"no node {node}: the local broker has node(s) 1..{nodes}")
+        return node - 1
+
+    def running_nodes(self) -> list[int]:
+        """Indexes of the nodes whose process is alive."""
+        state = self.recorded()
+        return [] if state is None else [i for i, pid in enumerate(state.pids) if _alive(pid)]
+
+    def stopped_nodes(self) -> list[int]:
+        """Indexes of the nodes whose process is gone (killed or stopped)."""
+        state = self._require_recorded()
+        return [i for i, pid in enumerate(state.pids) if not _alive(pid)]
 
     def node_log(self, index: int = 0) -> Path:
         return self.data_dir / f"node-{index + 1}" / "logs" / "server.log"
 
-    def log_tail(self, lines: int = 5) -> str:
-        for path in (self.node_log(0), self.data_dir / "node-1" / "stdout.log"):
+    def log_tail(self, lines: int = 5, index: int = 0) -> str:
+        for path in (self.node_log(index), self._node_dir(index) / "stdout.log"):
             if path.exists() and path.stat().st_size:
                 return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log yet)"
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0) -> ClusterState:
+    def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0, acls: bool = False) -> ClusterState:
+        """Format and start ``nodes`` nodes. ``acls``: brokers enforce ACLs (none at first, so
+        everyone may do everything until a test adds one; see :func:`acl_properties`)."""
         running = self.state()
         if running is not None:
             raise BrokerError(f"a local broker is already running at {running.bootstrap}")
@@ -147,21 +174,25 @@ class LocalCluster:
                 raise BrokerError(f"port {p} is taken: stop what uses it or pass --port")
         java = _java()
         libs = provision_jars(self.home)
-        self._format(java, libs, nodes, ports, controller_ports)
+        self._format(java, libs, nodes, ports, controller_ports, acls)
         pids = [self._start_node(java, libs, i) for i in range(nodes)]
         state = ClusterState(
             bootstrap=",".join(f"127.0.0.1:{p}" for p in ports), nodes=nodes, pids=pids,
-            ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION,
+            ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION, acls=acls,
         )
-        self.state_file.write_text(json.dumps(asdict(state)))
-        self._wait_ready(state, timeout)
+        self._save(state)
+        try:
+            self._wait_ready(state, list(range(nodes)), timeout)
+        except BrokerError:
+            self.down(wipe=False)
+            raise
         return state
 
     def down(self, timeout: float = 30.0, wipe: bool = True) -> bool:
         """Stop every node (SIGTERM, then SIGKILL after ``timeout``). True if one was running."""
-        if not self.state_file.exists():
+        state = self.recorded()
+        if state is None:
             return False
-        state = ClusterState(**json.loads(self.state_file.read_text()))
         was_running = any(_alive(pid) for pid in state.pids)
         for pid in state.pids:
             if _alive(pid):
@@ -177,32 +208,69 @@ class LocalCluster:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         return was_running
 
-    def stop_node(self, index: int, hard: bool = False) -> None:
-        """Stop one node (fault tests). SIGKILL when ``hard``."""
-        state = self.state()
-        if state is None:
-            raise BrokerError("no local broker is running")
-        pid = state.pids[index]
-        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-        while _alive(pid):
+    def stop_nodes(self, indexes: list[int], hard: bool = False, timeout: float = 30.0) -> None:
+        """Stop nodes (fault rehearsal): SIGKILL when ``hard``, else SIGTERM (a clean shutdown),
+        and SIGKILL whatever still runs after ``timeout``. Returns once they are gone."""
+        state = self._require_recorded()
+        for i in indexes:
+            self.node_index(i + 1)
+            if not _alive(state.pids[i]):
+                raise BrokerError(f"node {i + 1} is not running")
+        for i in indexes:
+            os.kill(state.pids[i], signal.SIGKILL if hard else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(state.pids[i]) for i in indexes) and time.monotonic() < deadline:
             time.sleep(0.1)
+        for i in indexes:
+            if _alive(state.pids[i]):
+                os.kill(state.pids[i], signal.SIGKILL)
+        while any(_alive(state.pids[i]) for i in indexes):
+            time.sleep(0.05)
+
+    def stop_node(self, index: int, hard: bool = False, timeout: float = 30.0) -> None:
+        self.stop_nodes([index], hard, timeout)
+
+    def start_nodes(self, indexes: list[int], timeout: float = 60.0) -> None:
+        """Start stopped nodes again (same data) and wait until each is back in the cluster.
+
+        Start every node of a full outage in one call: one node alone has no controller quorum
+        and never becomes ready."""
+        state = self._require_recorded()
+        for i in indexes:
+            self.node_index(i + 1)
+            if _alive(state.pids[i]):
+                raise BrokerError(f"node {i + 1} is already running")
+        after = len(set(self.running_nodes()) | set(indexes))
+        quorum = state.nodes // 2 + 1
+        if after < quorum:
+            raise BrokerError(f"{after} of {state.nodes} nodes would run: the controllers need {quorum} "
+                              "for a quorum; start more nodes at once")
+        java, libs = _java(), provision_jars(self.home)
+        pids = list(state.pids)
+        for i in indexes:
+            pids[i] = self._start_node(java, libs, i)
+        state = ClusterState(**{**asdict(state), "pids": pids})
+        self._save(state)
+        self._wait_ready(state, indexes, timeout)
 
     def start_node(self, index: int, timeout: float = 60.0) -> None:
-        state = self.state()
-        if state is None:
-            raise BrokerError("no local broker is running")
-        pids = list(state.pids)
-        pids[index] = self._start_node(_java(), provision_jars(self.home), index)
-        state = ClusterState(**{**asdict(state), "pids": pids})
-        self.state_file.write_text(json.dumps(asdict(state)))
-        self._wait_ready(state, timeout)
+        self.start_nodes([index], timeout)
 
     # -- internals -----------------------------------------------------------------------------
     def _node_dir(self, index: int) -> Path:
         return self.data_dir / f"node-{index + 1}"
 
+    def _require_recorded(self) -> ClusterState:
+        state = self.recorded()
+        if state is None:
+            raise BrokerError("no local broker: start one with `sentistream broker up`")
+        return state
+
+    def _save(self, state: ClusterState) -> None:
+        self.state_file.write_text(json.dumps(asdict(state)))
+
     def _format(self, java: str, libs: Path, nodes: int, ports: list[int],
-                controller_ports: list[int]) -> None:
+                controller_ports: list[int], acls: bool) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -234,6 +302,7 @@ class LocalCluster:
                 "share.coordinator.state.topic.min.isr": 1,
                 "log.segment.bytes": 64 * 1024 * 1024,
                 "auto.create.topics.enable": "true",
+                **(acl_properties() if acls else {}),
             }
             (node / "server.properties").write_text(
                 "".join(f"{k}={v}\n" for k, v in props.items())
@@ -260,18 +329,52 @@ class LocalCluster:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return proc.pid
 
-    def _wait_ready(self, state: ClusterState, timeout: float) -> None:
-        from worker.kafka_clients import brokers_answering
-
+    def _wait_ready(self, state: ClusterState, indexes: list[int], timeout: float) -> None:
+        """Until every node in ``indexes`` is a live (registered, unfenced) broker of the cluster."""
         deadline = time.monotonic() + timeout
+        want = {i + 1 for i in indexes}
+        bootstrap = ",".join(state.node_bootstrap(i) for i in indexes)
         while time.monotonic() < deadline:
-            if not all(_alive(pid) for pid in state.pids):
-                tail = self.log_tail()
-                self.down(wipe=False)
-                raise BrokerError(f"the local broker exited while starting; last log lines:\n{tail}")
-            if brokers_answering(state.bootstrap) >= state.nodes:
+            dead = [i for i in indexes if not _alive(state.pids[i])]
+            if dead:
+                raise BrokerError(f"node {dead[0] + 1} exited while starting; last log lines:\n"
+                                  f"{self.log_tail(index=dead[0])}")
+            if want <= live_broker_ids(bootstrap):
                 return
             time.sleep(0.3)
-        tail = self.log_tail()
-        self.down(wipe=False)
-        raise BrokerError(f"the local broker did not come up in {timeout:.0f} s; last log lines:\n{tail}")
+        raise BrokerError(f"the local broker did not come up in {timeout:.0f} s; last log lines:\n"
+                          f"{self.log_tail(index=indexes[0])}")
+
+
+def acl_properties() -> dict[str, str]:
+    """Broker settings that enforce ACLs on a PLAINTEXT cluster.
+
+    Every client here, the nodes themselves included, is ``User:ANONYMOUS`` (no authentication),
+    and a resource with no ACL at all is open to everyone. So the nodes keep talking to each other
+    (no ACL ever names the cluster resource) and a test can still deny one thing, e.g. writes to
+    one topic, with a DENY ACL for ``User:ANONYMOUS``. No ``super.users``: a super user skips the
+    ACLs, and ANONYMOUS as one would make every DENY a no-op.
+    """
+    return {
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "true",
+    }
+
+
+def live_broker_ids(bootstrap: str) -> set[int]:
+    """Node ids of the brokers the cluster reports as live; empty when none answers."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=3000,
+                                 bootstrap_timeout_ms=3000, client_id="sentistream-probe")
+    except KafkaError:
+        return set()
+    try:
+        brokers = admin.describe_cluster().get("brokers", [])
+        return {b["broker_id"] for b in brokers if not b.get("is_fenced")}
+    except KafkaError:
+        return set()
+    finally:
+        admin.close()
