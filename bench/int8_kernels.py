@@ -26,8 +26,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from export import quantize as quant
-from worker.bundle import session_options
+from sentistream.export import quantize as quant
+from sentistream.worker.bundle import session_options
 
 SHAPES = ((384, 384), (384, 1536), (1536, 384))  # attention projections, FFN input, FFN output
 

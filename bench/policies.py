@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.run import batched_throughput, sentences
-from worker.bundle import Bundle, default_bundle_path
+from sentistream.bench.run import batched_throughput, sentences
+from sentistream.worker.bundle import Bundle, default_bundle_path
 
 # (name, window, sort key: "chars" or "tokens", length tolerance within a batch; None = any)
 POLICIES: list[tuple[str, int, str, int | None]] = [

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export import data
-from export import quantize as quant
-from worker.batching import token_batches
-from worker.bundle import MANIFEST, Bundle, Manifest, session_options
+from sentistream.export import data
+from sentistream.export import quantize as quant
+from sentistream.worker.batching import token_batches
+from sentistream.worker.bundle import MANIFEST, Bundle, Manifest, session_options
 
 
 def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, Path]:

@@ -21,13 +21,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from worker import kafka_clients
-from worker.batching import length_sorted_batches
-from worker.bundle import Bundle, default_bundle_path
-from worker.local_kafka import LocalCluster, free_port
-from worker.loop import POLL_BATCHES
-from worker.scrape import quantile, scrape, wait_ready
-from worker.settings import Settings
+from sentistream.cli.flags import worker_command
+from sentistream.cli.local_kafka import LocalCluster, free_port
+from sentistream.cli.scrape import quantile, scrape, wait_ready
+from sentistream.worker import kafka_clients
+from sentistream.worker.batching import length_sorted_batches
+from sentistream.worker.bundle import Bundle, default_bundle_path
+from sentistream.worker.loop import POLL_BATCHES
+from sentistream.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ class Row:
 
 
 def sentences(n: int) -> list[str]:
-    from export import data
+    from sentistream.export import data
 
     texts = data.load(data.default_cache_dir()).part("test")[0]
     return [texts[i % len(texts)] for i in range(n)]
@@ -101,10 +102,8 @@ class Topics:
 
 
 def _worker_cmd(s: Settings, port: int, bundle: Path, processes: int, threads: int, batch_size: int) -> list[str]:
-    return [sys.executable, "-m", "worker", "worker", "--bootstrap", s.bootstrap_servers, "--group", s.group_id,
-            "--input-topic", s.input_topic, "--output-topic", s.output_topic, "--dlq-topic", s.dlq_topic,
-            "--metrics-port", str(port), "--processes", str(processes), "--threads", str(threads),
-            "--batch-size", str(batch_size), "--bundle", str(bundle), "--log-level", "ERROR"]
+    return worker_command(s, metrics_port=port, bundle=bundle, processes=processes, threads=threads,
+                          batch_size=batch_size, log_level="ERROR")
 
 
 def _wait_counter(url: str, name: str, target: float, timeout: float, proc) -> tuple[float, float, float]:
@@ -336,12 +335,12 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
                 naive_n = min(len(texts), 300 if quick else 1000)
                 step("naive peer (transformers pipeline per message)")
                 naive = Row("naive peer: kafka-python + transformers pipeline, 1 thread",
-                            peer_throughput(settings, bootstrap, "bench.naive_peer", ckpt, texts[:naive_n]))
+                            peer_throughput(settings, bootstrap, "sentistream.bench.naive_peer", ckpt, texts[:naive_n]))
                 rows.append(naive)
                 if not quick and importlib.util.find_spec("quixstreams") is not None:
                     step("Quix Streams peer (transformers pipeline per message)")
-                    rows.append(Row("Quix Streams app + transformers pipeline, 1 thread",
-                                    peer_throughput(settings, bootstrap, "bench.quix_peer", ckpt, texts[:naive_n])))
+                    quix = peer_throughput(settings, bootstrap, "sentistream.bench.quix_peer", ckpt, texts[:naive_n])
+                    rows.append(Row("Quix Streams app + transformers pipeline, 1 thread", quix))
             progress.advance(task)
             step("latency at a quarter and at half of peak")
             peak = rows[1].msgs_per_s

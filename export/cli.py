@@ -20,14 +20,14 @@ def _require_export_extra(modules: tuple[str, ...] = ("torch", "transformers", "
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        from worker.errors import UserError
+        from sentistream.worker.errors import UserError
 
         raise UserError(f"the export step needs the export extra ({', '.join(missing)} missing): "
                         "pip install 'sentistream[export]'")
 
 
 def _is_default_task(labels: list[str]) -> bool:
-    from export.data import LABELS
+    from sentistream.export.data import LABELS
 
     return list(labels) == list(LABELS)
 
@@ -48,10 +48,10 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
     Everything is built in a hidden temporary sibling of ``out`` and renamed into place at the
     end: a failure leaves no bundle behind, and an earlier bundle at ``out`` as it was.
     """
-    from export import data as data_mod
-    from export import onnx_export
-    from export.onnx_export import load_checkpoint
-    from worker.bundle import Manifest, check_replaceable, publish
+    from sentistream.export import data as data_mod
+    from sentistream.export import onnx_export
+    from sentistream.export.onnx_export import load_checkpoint
+    from sentistream.worker.bundle import Manifest, check_replaceable, publish
 
     out = out.absolute()
     targets = {"bundle": out, "fp32": fp32_path(out)} if quantize else {"bundle": out}
@@ -92,9 +92,9 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
 def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset) -> tuple[Path, dict, list[dict]]:
     """Quantize with ``method`` (``auto``: each of ``AUTO_ORDER`` in turn) until the gate accepts;
     returns the accepted bundle, its gate figures and the refusals before it."""
-    from export import onnx_export
-    from export import quantize as quant
-    from export.errors import QuantizationGateError
+    from sentistream.export import onnx_export
+    from sentistream.export import quantize as quant
+    from sentistream.export.errors import QuantizationGateError
 
     calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
     texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else (onnx_export.SAMPLE_SENTENCES, None)
@@ -132,7 +132,7 @@ def onnx_cmd(
     _require_export_extra()
     if quantize not in (None, "int8"):
         raise typer.BadParameter("only int8 is supported", param_hint="--quantize")
-    from export.quantize import METHODS
+    from sentistream.export.quantize import METHODS
 
     if method not in ("auto", *METHODS):
         raise typer.BadParameter(f"choose auto or one of {', '.join(METHODS)}", param_hint="--method")
@@ -158,9 +158,9 @@ def train_cmd(
 ) -> None:
     """Reproduce the default model: data, fine-tune, export, quantize, evaluate, report."""
     _require_export_extra()
-    from export import data as data_mod
-    from export import train
-    from worker.bundle import check_replaceable
+    from sentistream.export import data as data_mod
+    from sentistream.export import train
+    from sentistream.worker.bundle import check_replaceable
 
     for target in (out, fp32_path(out)):
         check_replaceable(target.absolute())  # before an hour of training
@@ -178,8 +178,8 @@ def train_cmd(
 def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: str, dataset) -> None:
     """Build the default bundle; before it is published, evaluate it and its fp32 export on the
     fixed test split and add ``REPORT.md`` and the manifest's ``figures``."""
-    from export import evaluate
-    from worker.bundle import Manifest
+    from sentistream.export import evaluate
+    from sentistream.worker.bundle import Manifest
 
     def report(fp32_dir: Path, int8_dir: Path) -> None:
         fp32 = evaluate.evaluate_bundle(fp32_dir, dataset)
@@ -207,9 +207,9 @@ def eval_cmd(
 ) -> None:
     """Print a bundle's figures (accuracy, macro-F1, confusion; r on the fixed test split)."""
     _require_export_extra(("sklearn",))
-    from export import evaluate
-    from export.errors import DataError
-    from worker.bundle import Bundle
+    from sentistream.export import evaluate
+    from sentistream.export.errors import DataError
+    from sentistream.worker.bundle import Bundle
 
     loaded = Bundle(bundle, threads=2)
     if data is not None:
@@ -219,7 +219,7 @@ def eval_cmd(
         return
     if not evaluate.has_default_labels(loaded):
         raise DataError(evaluate.not_default_labels(bundle, loaded.labels))
-    from export import data as data_mod
+    from sentistream.export import data as data_mod
 
     texts, y, ratings = data_mod.load(data_mod.default_cache_dir()).part("test")
     typer.echo(evaluate.report_markdown(bundle.name, evaluate.evaluate(loaded, texts, y, ratings)))

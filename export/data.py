@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import DataError
+from sentistream.export.errors import DataError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"

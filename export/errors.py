@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.errors import UserError
+from sentistream.worker.errors import UserError
 
 
 class DataError(UserError):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export import data as data_mod
-from export.errors import DataError
-from export.quantize import batched_logits
-from worker.bundle import Bundle, softmax
+from sentistream.export import data as data_mod
+from sentistream.export.errors import DataError
+from sentistream.export.quantize import batched_logits
+from sentistream.worker.bundle import Bundle, softmax
 
 # Reference figures on the same split (docs/model-card.md): the rows to beat.
 REFERENCES = [

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import CheckpointError, ParityError
-from worker.bundle import Bundle, Manifest, sha256_file, staged_bundle
+from sentistream.export.errors import CheckpointError, ParityError
+from sentistream.worker.bundle import Bundle, Manifest, sha256_file, staged_bundle
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4
@@ -68,7 +68,7 @@ def load_checkpoint(checkpoint: Path):
         )
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load {checkpoint}: {str(exc).splitlines()[0]}") from exc
-    from export.pooling import apply_from_config
+    from sentistream.export.pooling import apply_from_config
 
     apply_from_config(model)
     if not getattr(tokenizer, "is_fast", False):

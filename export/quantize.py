@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import QuantizationGateError
-from worker.bundle import Bundle, Manifest, staged_bundle
+from sentistream.export.errors import QuantizationGateError
+from sentistream.worker.bundle import Bundle, Manifest, staged_bundle
 
 METHODS = ("weight-only", "dynamic", "dynamic-per-channel", "dynamic-per-channel-fp32-ffn-out",
            "dynamic-smoothed", "per-token-smoothed", "static")
@@ -83,7 +83,7 @@ def activation_abs_max(model, bundle: Bundle, texts: list[str], tensors: list[st
     import onnxruntime as ort
     from onnx import helper
 
-    from worker.batching import token_batches
+    from sentistream.worker.batching import token_batches
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -249,7 +249,7 @@ class _Calibration:
     (onnxruntime's calibration reader API)."""
 
     def __init__(self, bundle: Bundle, texts: list[str], batch_size: int = 16) -> None:
-        from worker.batching import token_batches
+        from sentistream.worker.batching import token_batches
 
         encodings = bundle.tokenize(texts)
         self.feeds = iter([bundle.feed([encodings[i] for i in batch]) for batch in token_batches(encodings, batch_size)])
@@ -424,7 +424,7 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
 def batched_logits(bundle: Bundle, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Logits in input order, over the batches the worker forms: ≤ ``batch_size`` sentences of
     (nearly) equal token count, so that padding does not widen dynamic activation ranges."""
-    from worker.batching import token_batches
+    from sentistream.worker.batching import token_batches
 
     encodings = bundle.tokenize(texts)
     out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)

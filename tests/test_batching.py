@@ -1,6 +1,6 @@
 from collections import namedtuple
 
-from worker.batching import Collector, length_sorted_batches
+from sentistream.worker.batching import Collector, length_sorted_batches
 
 Rec = namedtuple("Rec", "topic partition offset")
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kafka
 def _cli(home, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "SENTISTREAM_BOOTSTRAP_SERVERS")}
     env["SENTISTREAM_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "worker", "broker", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sentistream.cli", "broker", *args], capture_output=True, text=True,
                           env=env, timeout=180)
 
 

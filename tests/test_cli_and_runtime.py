@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings
+from sentistream.worker.settings import Settings
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "worker", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sentistream.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
-def test_runtime_never_imports_torch_or_transformers() -> None:
-    code = ("import sys, worker.cli, worker.loop, worker.bundle, worker.supervisor, worker.demo, worker.feed;"
-            "from worker.bundle import Bundle, default_bundle_path; Bundle(default_bundle_path()).classify(['ok']);"
-            "bad = [m for m in ('torch', 'transformers', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+RUNTIME = Path(__file__).resolve().parents[1] / "worker"
+ABOVE_THE_RUNTIME = ("sentistream.export", "sentistream.bench", "sentistream.cli", "torch", "transformers")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_runtime_imports_nothing_above_it() -> None:
+    """Imports point down only: the CLI and tooling, then export and bench, then the runtime."""
+    wrong = {f"{path.name}: {name}" for path in RUNTIME.glob("*.py") for name in _imports(path)
+             if name.startswith(ABOVE_THE_RUNTIME) or name.split(".")[0] in ("worker", "export", "bench", "cli")}
+    assert not wrong, sorted(wrong)
+
+
+def test_serving_loads_neither_torch_nor_the_tooling() -> None:
+    code = ("import sys; import sentistream.worker.loop, sentistream.worker.supervisor;"
+            "from sentistream.worker.bundle import Bundle, default_bundle_path;"
+            "Bundle(default_bundle_path()).classify(['ok']);"
+            "bad = [m for m in sys.modules if m.startswith(('torch', 'transformers', 'sentistream.export',"
+            " 'sentistream.cli', 'sentistream.bench'))]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -67,7 +92,7 @@ def test_sasl_without_credentials_is_refused() -> None:
 
 def test_export_without_the_export_extra_prints_one_line_naming_it(tmp_path) -> None:
     # A runtime-only install (`make demo`, `pip install .`): torch and transformers cannot be found.
-    code = ("import sys; sys.modules.update(torch=None, transformers=None); from worker.cli import main; "
+    code = ("import sys; sys.modules.update(torch=None, transformers=None); from sentistream.cli.app import main; "
             f"main(['export', 'onnx', '--model', {str(tmp_path)!r}, '--out', {str(tmp_path / 'out')!r}])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr

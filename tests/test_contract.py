@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.contract import (
+from sentistream.worker.contract import (
     HEADER_PREFIX,
     ModelRef,
     Reason,
@@ -63,7 +63,7 @@ def test_each_bad_input_has_its_reason() -> None:
 
 
 def test_splitting_gives_ordered_sentences_with_doc_id() -> None:
-    from worker.splitting import make_splitter
+    from sentistream.worker.splitting import make_splitter
 
     record = Rec(b"")
     sentences = to_sentences(record, ("doc1", "Great cast. Dull plot! Would I watch it again? No.", {}),

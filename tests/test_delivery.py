@@ -8,11 +8,11 @@ import pytest
 from kafka import TopicPartition
 from kafka import errors as kerr
 
-from worker.contract import Reason, Rejection
-from worker.delivery import AtLeastOnce, ExactlyOnce
-from worker.health import PUBLISH_BLOCKED, Health
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Handled, Outgoing
+from sentistream.worker.contract import Reason, Rejection
+from sentistream.worker.delivery import AtLeastOnce, ExactlyOnce
+from sentistream.worker.health import PUBLISH_BLOCKED, Health
+from sentistream.worker.metrics import WorkerMetrics
+from sentistream.worker.pipeline import Handled, Outgoing
 
 Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)

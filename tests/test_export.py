@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import onnx_export
-from export import quantize as quant
-from export.errors import CheckpointError, ParityError, QuantizationGateError
+from sentistream.export import onnx_export
+from sentistream.export import quantize as quant
+from sentistream.export.errors import CheckpointError, ParityError, QuantizationGateError
+from sentistream.worker.bundle import Bundle, BundleError, Manifest, staged_bundle
 from tests.tiny_models import LABELS, make_checkpoint
-from worker.bundle import Bundle, BundleError, Manifest, staged_bundle
 
 pytestmark = pytest.mark.export
 
@@ -35,7 +35,7 @@ def _rehash(bundle_dir: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker", "export", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "sentistream.cli", "export", *args], capture_output=True, text=True)
 
 
 def _main(*args: str) -> tuple[int, str]:
@@ -43,7 +43,7 @@ def _main(*args: str) -> tuple[int, str]:
     import contextlib
     import io
 
-    from worker.cli import main
+    from sentistream.cli.app import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
@@ -211,7 +211,7 @@ def test_per_token_int8_keeps_ordinary_tokens_exact_beside_an_outlier_token() ->
 
 
 def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, monkeypatch) -> None:
-    from export import cli
+    from sentistream.export import cli
 
     real_gate, seen = quant.gate, []
 
@@ -300,7 +300,7 @@ def test_refused_int8_leaves_no_bundle(tmp_path, monkeypatch) -> None:
 
 
 def _build_int8(checkpoint: Path, out: Path) -> dict:
-    from export import cli
+    from sentistream.export import cli
 
     return cli.build_bundle(checkpoint, out, quantize="int8", method="weight-only", name="tiny", version="1",
                             max_length=None)

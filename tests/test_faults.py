@@ -1,6 +1,6 @@
 """Broker faults under a steady stream, on a 3-node cluster of this module's own.
 
-Each test runs the worker as users do (``python -m worker worker ...``), feeds its input topic at
+Each test runs the worker as users do (``python -m sentistream.cli worker ...``), feeds its input topic at
 a steady rate (acks=all), breaks something while results flow, repairs it, and reconciles: every
 acknowledged input id comes out on the output or the dead-letter topic, as a read_committed
 consumer sees them. The cluster replicates everything 3 times with min.insync.replicas 2 (the
@@ -37,10 +37,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from sentistream.cli.local_kafka import LocalCluster, live_broker_ids
+from sentistream.worker import kafka_clients
+from sentistream.worker.settings import Settings, default_home
 from tests.workers import WorkerProcess, collect
-from worker import kafka_clients
-from worker.local_kafka import LocalCluster, live_broker_ids
-from worker.settings import Settings, default_home
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

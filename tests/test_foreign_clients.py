@@ -8,8 +8,8 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
+from sentistream.worker import kafka_clients
 from tests.workers import ForeignRecord, foreign_produce, kcat_produce
-from worker import kafka_clients
 
 pytestmark = pytest.mark.kafka
 

@@ -6,8 +6,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import TopicAuthorizationFailedError
 
+from sentistream.worker import kafka_clients
 from tests.kafka_acl import allow_writes, deny_writes
-from worker import kafka_clients
 
 pytestmark = pytest.mark.kafka
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from worker import kafka_clients
+from sentistream.worker import kafka_clients
 
 pytestmark = pytest.mark.kafka
 

@@ -7,12 +7,12 @@ from collections import namedtuple
 
 import pytest
 
-from worker.bundle import Bundle, default_bundle_path
-from worker.contract import Reason
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Pipeline, UnreadableRecord
-from worker.settings import Settings
-from worker.splitting import make_splitter
+from sentistream.worker.bundle import Bundle, default_bundle_path
+from sentistream.worker.contract import Reason
+from sentistream.worker.metrics import WorkerMetrics
+from sentistream.worker.pipeline import Pipeline, UnreadableRecord
+from sentistream.worker.settings import Settings
+from sentistream.worker.splitting import make_splitter
 
 Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from worker.lag import LagMonitor, partition_lag
-from worker.metrics import SupervisorMetrics
-from worker.settings import Settings
-from worker.supervisor import (
+from sentistream.worker.lag import LagMonitor, partition_lag
+from sentistream.worker.metrics import SupervisorMetrics
+from sentistream.worker.settings import Settings
+from sentistream.worker.supervisor import (
     EXIT_CONFIG,
     EXIT_CRASH_LOOP,
     EXIT_FAILED,
@@ -176,7 +176,7 @@ def test_a_stop_request_is_answered_at_once_even_during_a_long_back_off(tmp_path
 
 def test_a_crash_loop_logs_one_error_and_exits_3(tmp_path, caplog) -> None:
     sup = make_supervisor(tmp_path, spawner(lambda i: (_exit_with, (1,))), processes=1, max_restarts=3)
-    with caplog.at_level(logging.INFO, logger="worker.supervisor"):
+    with caplog.at_level(logging.INFO, logger="sentistream.worker.supervisor"):
         assert sup.run() == EXIT_CRASH_LOOP
     sup.close()
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -300,8 +300,8 @@ def retrying(call, timeout: float = 30.0):
 def test_the_lag_monitor_reads_end_and_committed_offsets(topics) -> None:
     from kafka import OffsetAndMetadata, TopicPartition
 
+    from sentistream.worker import kafka_clients
     from tests.workers import produce
-    from worker import kafka_clients
 
     s = topics()
     produce(s.bootstrap_servers, s.input_topic, [(b"k", b"x")] * 3)  # one key: one partition

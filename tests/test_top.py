@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from worker.scrape import Snapshot
-from worker.top import Reading, compare, metrics_url, render
+from sentistream.cli.scrape import Snapshot
+from sentistream.cli.top import Reading, compare, metrics_url, render
 
 
 def snap(consumed: float, fast: float, slow: float, lag: float) -> Snapshot:

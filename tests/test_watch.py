@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sentistream.cli.local_kafka import free_port
 from tests.test_deploy import DEPLOY, tool
 from tests.workers import REPO, WorkerProcess, json_items, produce
-from worker.local_kafka import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -129,7 +129,7 @@ def test_top_shows_a_live_worker_and_an_unreachable_one_and_quits_on_q(live_work
     socket, dead = f"sentistream-{uuid.uuid4().hex[:8]}", free_port()
     rc_file = tmp_path / "rc"
     err_file = tmp_path / "top.err"
-    command = (f"{sys.executable} -m worker top --interval 0.5 127.0.0.1:{live_worker.port} 127.0.0.1:{dead} "
+    command = (f"{sys.executable} -m sentistream.cli top --interval 0.5 127.0.0.1:{live_worker.port} 127.0.0.1:{dead} "
                f"2> {err_file}; echo $? > {rc_file}")
     env = {**os.environ, "TERM": "xterm-256color"}
     subprocess.run([tool("tmux"), "-L", socket, "new-session", "-d", "-s", "top", "-x", "160", "-y", "40",

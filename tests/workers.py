@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -17,8 +16,10 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from worker.local_kafka import free_port
-from worker.settings import Settings
+from sentistream.cli.flags import worker_command
+from sentistream.cli.local_kafka import free_port
+from sentistream.cli.scrape import scrape
+from sentistream.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +36,7 @@ class WorkerProcess:
     def start(self, log_dir: Path, name: str = "w") -> WorkerProcess:
         s = self.settings
         self.port = free_port()
-        cmd = [sys.executable, "-m", "worker", "worker",
-               "--bootstrap", s.bootstrap_servers, "--group", s.group_id,
-               "--input-topic", s.input_topic, "--output-topic", s.output_topic,
-               "--dlq-topic", s.dlq_topic, "--metrics-port", str(self.port), *self.args]
+        cmd = worker_command(s, *self.args, metrics_port=self.port)
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SENTISTREAM_HOME": str(s.home), **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log_path.open("wb"),
@@ -68,13 +66,9 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready in {timeout} s:\n{self.log()}")
 
-    def metric(self, name: str, labels: str = "") -> float:
-        text = self.get("/metrics")[1]
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + (labels or "")) and (labels or line[len(name)] in " {"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples (with ``labels``) in one scrape."""
+        return scrape(self.url("/metrics")).total(name, **labels)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         self.proc.send_signal(sig)

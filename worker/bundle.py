@@ -36,7 +36,7 @@ class BundleError(RuntimeError):
 
 
 def default_bundle_path() -> Path:
-    return Path(str(resources.files("worker") / "models" / DEFAULT_BUNDLE_NAME))
+    return Path(str(resources.files("sentistream.worker") / "models" / DEFAULT_BUNDLE_NAME))
 
 
 def sha256_file(path: Path) -> str:

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
 
-from worker.contract import Reason, Rejection
-from worker.health import PUBLISH_BLOCKED, Health
+from sentistream.worker.contract import Reason, Rejection
+from sentistream.worker.health import PUBLISH_BLOCKED, Health
 
 if TYPE_CHECKING:
-    from worker.metrics import WorkerMetrics
-    from worker.pipeline import Handled, Outgoing, Pipeline
+    from sentistream.worker.metrics import WorkerMetrics
+    from sentistream.worker.pipeline import Handled, Outgoing, Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CorruptRecordError, KafkaConnectionError, NoBrokersAvailable
+from kafka.errors import CorruptRecordError, KafkaConnectionError
 
-from worker.pipeline import UnreadableRecord
+from sentistream.worker.pipeline import UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def poll(consumer: KafkaConsumer, probe: Callable[[], KafkaConsumer], timeout_ms
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
     except CorruptRecordError as exc:
         return [skip_unreadable(consumer, probe, exc)]
-    except (KafkaConnectionError, NoBrokersAvailable) as exc:  # an outage: /readyz says so; poll again
+    except KafkaConnectionError as exc:  # an outage: /readyz says so; poll again
         log.warning("no broker answers: %s", exc)
         time.sleep(timeout_ms / 1000)
         return []

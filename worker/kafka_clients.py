@@ -7,14 +7,13 @@ Also resolves which cluster to talk to: the configured bootstrap, else the local
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from worker.settings import Settings
+from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,11 @@ class NoBrokerConfigured(RuntimeError):
 
 
 def resolve_bootstrap(settings: Settings) -> str:
+    """The configured cluster. (The ``sentistream`` command fills it in with the local broker's
+    address when ``sentistream broker up`` started one and nothing else is configured.)"""
     if settings.bootstrap_servers:
         return settings.bootstrap_servers
-    state_file = settings.home / "broker" / "state.json"
-    if state_file.exists():
-        return json.loads(state_file.read_text())["bootstrap"]
-    raise NoBrokerConfigured(
-        "no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or run `sentistream broker up`"
-    )
+    raise NoBrokerConfigured("no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or run `sentistream broker up`")
 
 
 def brokers_answering(bootstrap: str, **config: Any) -> int:

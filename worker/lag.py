@@ -16,8 +16,8 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from worker import kafka_clients
-from worker.settings import Settings
+from sentistream.worker import kafka_clients
+from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

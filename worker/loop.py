@@ -15,14 +15,14 @@ import time
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from worker import intake, kafka_clients
-from worker.batching import Collector
-from worker.bundle import Bundle, default_bundle_path
-from worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
-from worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
-from worker.metrics import WorkerMetrics
-from worker.pipeline import Decoded, Pipeline
-from worker.settings import Settings
+from sentistream.worker import intake, kafka_clients
+from sentistream.worker.batching import Collector
+from sentistream.worker.bundle import Bundle, default_bundle_path
+from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
+from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
+from sentistream.worker.metrics import WorkerMetrics
+from sentistream.worker.pipeline import Decoded, Pipeline
+from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Worker:
         metrics.serving(m.name, m.version, m.files["model.onnx"], m.labels)
         splitter = None
         if settings.split_sentences:
-            from worker.splitting import make_splitter
+            from sentistream.worker.splitting import make_splitter
 
             splitter = make_splitter()
         self.pipeline = Pipeline(settings, self.bundle, metrics, splitter)

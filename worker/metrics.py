@@ -19,8 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker.contract import Reason
-from worker.health import PROBLEMS
+from sentistream.worker.contract import Reason
+from sentistream.worker.health import PROBLEMS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

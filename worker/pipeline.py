@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from worker import kafka_clients
-from worker.batching import length_sorted_batches
-from worker.contract import (
+from sentistream.worker import kafka_clients
+from sentistream.worker.batching import length_sorted_batches
+from sentistream.worker.contract import (
     HEADER_PREFIX,
     ModelRef,
     RawRecord,
@@ -36,9 +36,9 @@ from worker.contract import (
 if TYPE_CHECKING:
     from tokenizers import Encoding
 
-    from worker.bundle import Bundle, Prediction
-    from worker.metrics import WorkerMetrics
-    from worker.settings import Settings
+    from sentistream.worker.bundle import Bundle, Prediction
+    from sentistream.worker.metrics import WorkerMetrics
+    from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from worker.settings import Settings
+from sentistream.worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.bundle import Bundle
-    from worker.metrics import SupervisorMetrics
+    from sentistream.worker.bundle import Bundle
+    from sentistream.worker.metrics import SupervisorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
     one already loaded. A supervisor's child serves no HTTP and reports no lag."""
     from prometheus_client import CollectorRegistry
 
-    from worker.bundle import BundleError
-    from worker.loop import Worker, install_signal_handlers
-    from worker.metrics import WorkerMetrics, serve
+    from sentistream.worker.bundle import BundleError
+    from sentistream.worker.loop import Worker, install_signal_handlers
+    from sentistream.worker.metrics import WorkerMetrics, serve
 
     registry = CollectorRegistry() if serve_http else None
     metrics = WorkerMetrics(registry)
@@ -85,7 +85,7 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
 
 
 def _child(settings: Settings, index: int) -> None:
-    from worker.logs import setup_logging
+    from sentistream.worker.logs import setup_logging
 
     setup_logging(settings.log_level, f"worker-{index}")
     raise SystemExit(run_one(settings, index, serve_http=False))
@@ -450,8 +450,8 @@ def run_supervised(settings: Settings) -> int:
 def _supervise(settings: Settings, prom_dir: str) -> int:
     from prometheus_client import multiprocess, values
 
-    from worker.lag import LagMonitor
-    from worker.metrics import SupervisorMetrics, multiprocess_registry, serve
+    from sentistream.worker.lag import LagMonitor
+    from sentistream.worker.metrics import SupervisorMetrics, multiprocess_registry, serve
 
     if values.ValueClass is values.MutexValue:
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: "

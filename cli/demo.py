@@ -7,17 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 from rich.console import Console
 from rich.table import Table
 
-from worker import kafka_clients
-from worker.local_kafka import LocalCluster, free_port
-from worker.scrape import quantile, scrape, wait_ready
-from worker.settings import Settings
+from sentistream.cli.flags import worker_command
+from sentistream.cli.local_kafka import LocalCluster, free_port
+from sentistream.cli.scrape import quantile, scrape, wait_ready
+from sentistream.worker import kafka_clients
+from sentistream.worker.settings import Settings
 
 REVIEW = (
     "The first act is sharp, funny and surprisingly tender. "
@@ -83,12 +83,8 @@ def run_demo(settings: Settings, console: Console) -> int:
         demo_topics = list(kafka_clients.topic_specs(settings))
         port = settings.metrics_port or free_port()
         url = f"http://127.0.0.1:{port}/metrics"
-        cmd = [sys.executable, "-m", "worker", "worker", "--bootstrap", bootstrap, "--group",
-               settings.group_id, "--processes", "2", "--split-sentences", "--metrics-port", str(port),
-               "--input-topic", settings.input_topic, "--output-topic", settings.output_topic,
-               "--dlq-topic", settings.dlq_topic, "--log-level", "ERROR"]
-        if settings.bundle:
-            cmd += ["--bundle", str(settings.bundle)]
+        cmd = worker_command(settings, bootstrap_servers=bootstrap, processes=2, split_sentences=True,
+                             metrics_port=port, log_level="ERROR")
         console.print("Starting 2 worker processes (one consumer group)…")
         workers = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_ready(url, processes=2, proc=workers)
@@ -103,7 +99,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         doc = f"review-{run}"
         producer.send(settings.input_topic, key=doc.encode(),
                       value=json.dumps({"id": doc, "text": REVIEW}).encode())
-        from worker.splitting import make_splitter
+        from sentistream.worker.splitting import make_splitter
 
         sentences = [s.strip() for s in make_splitter()(REVIEW)]
         ids = [f"{doc}-s{i}" for i in range(len(sentences))]

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 
 from rich.console import Console
 
-from worker import kafka_clients
-from worker.settings import Settings
+from sentistream.worker import kafka_clients
+from sentistream.worker.settings import Settings
 
 
 def produce_lines(settings: Settings, lines: Iterable[str], key_field: str | None = "id") -> int:
@@ -45,7 +45,8 @@ def consume_results(settings: Settings, follow: bool, as_json: bool, from_beginn
     shown, idle_since = 0, time.monotonic()
     try:
         while limit is None or shown < limit:
-            polled = consumer.poll(timeout_ms=500)
+            room = None if limit is None else limit - shown
+            polled = consumer.poll(timeout_ms=500, max_records=room)
             if not polled:
                 if not follow and time.monotonic() - idle_since > 3:
                     break

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from worker.errors import UserError
-from worker.settings import Settings
+from sentistream.cli.flags import with_settings_flags
+from sentistream.worker.errors import UserError
+from sentistream.worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import LocalCluster
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Streaming sentence classifier on Kafka.")
@@ -35,6 +36,19 @@ def make_settings(**flags: Any) -> Settings:
     return Settings(**given)
 
 
+def client_settings(**flags: Any) -> Settings:
+    """:func:`make_settings` for commands that talk to Kafka: with no cluster configured, the
+    local broker that `sentistream broker up` started (if one runs) is the one."""
+    from sentistream.cli.local_kafka import LocalCluster
+
+    settings = make_settings(**flags)
+    if settings.bootstrap_servers is None:
+        state = LocalCluster(settings.home).state()
+        if state is not None:
+            settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
+    return settings
+
+
 def _echo(line: str) -> None:
     typer.echo(line)
 
@@ -51,7 +65,7 @@ def broker_up(
 
     With 3 or more nodes, topics are replicated 3 times with min.insync.replicas 2 (so are the
     offsets and transaction logs): a crashed node loses no acknowledged write."""
-    from worker.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import LocalCluster
 
     settings = make_settings()
     if settings.bootstrap_servers:
@@ -66,7 +80,7 @@ def broker_down(
     keep_data: Annotated[bool, typer.Option(help="keep topics and offsets for the next up")] = False,
 ) -> None:
     """Stop the local broker and (unless --keep-data) remove its data."""
-    from worker.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import LocalCluster
 
     stopped = LocalCluster(make_settings().home).down(wipe=not keep_data)
     _echo("local broker stopped" if stopped else "no local broker was running")
@@ -75,8 +89,8 @@ def broker_down(
 @broker_app.command("status")
 def broker_status() -> None:
     """Say whether a broker answers, and where."""
-    from worker.kafka_clients import brokers_answering
-    from worker.local_kafka import LocalCluster, live_broker_ids
+    from sentistream.cli.local_kafka import LocalCluster, live_broker_ids
+    from sentistream.worker.kafka_clients import brokers_answering
 
     settings = make_settings()
     if settings.bootstrap_servers:
@@ -101,7 +115,7 @@ NodesOpt = Annotated[list[int], typer.Option("--node", help="node number, 1..N (
 
 
 def _local_cluster() -> LocalCluster:
-    from worker.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import LocalCluster
 
     return LocalCluster(make_settings().home)
 
@@ -162,7 +176,7 @@ def broker_logs(
     node: Annotated[int, typer.Option(min=1, help="which node")] = 1,
 ) -> None:
     """Print the end of a local node's log."""
-    from worker.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import LocalCluster
 
     path = LocalCluster(make_settings().home).node_log(node - 1)
     if not path.exists():
@@ -178,15 +192,16 @@ def _security(settings: Settings) -> dict[str, Any]:
 
 
 # -- topics ----------------------------------------------------------------------------------
-@topics_app.command("create")
-def topics_create(
-    bootstrap: BootstrapOpt = None,
-    partitions: Annotated[int | None, typer.Option(min=1, help="partitions per topic")] = None,
-) -> None:
-    """Create the input, output and dead-letter topics (idempotent)."""
-    from worker import kafka_clients
+TOPIC_SETTINGS = ("bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "partitions")
 
-    settings = make_settings(bootstrap=bootstrap, partitions=partitions)
+
+@topics_app.command("create")
+@with_settings_flags(TOPIC_SETTINGS)
+def topics_create(**flags: Any) -> None:
+    """Create the input, output and dead-letter topics (idempotent)."""
+    from sentistream.worker import kafka_clients
+
+    settings = client_settings(**flags)
     client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
     try:
         created = kafka_clients.ensure_topics(client, kafka_clients.topic_specs(settings))
@@ -200,9 +215,9 @@ def topics_create(
 @topics_app.command("describe")
 def topics_describe(bootstrap: BootstrapOpt = None) -> None:
     """Partition counts of the project's topics."""
-    from worker import kafka_clients
+    from sentistream.worker import kafka_clients
 
-    settings = make_settings(bootstrap=bootstrap)
+    settings = client_settings(bootstrap=bootstrap)
     client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
     try:
         existing = set(client.list_topics())
@@ -218,43 +233,19 @@ def topics_describe(bootstrap: BootstrapOpt = None) -> None:
 
 # -- worker ----------------------------------------------------------------------------------
 @app.command("worker")
+@with_settings_flags()
 def worker_cmd(
-    bootstrap: BootstrapOpt = None,
-    group_id: Annotated[str | None, typer.Option("--group", help="consumer group")] = None,
-    input_topic: Annotated[str | None, typer.Option(help="default: sentences")] = None,
-    output_topic: Annotated[str | None, typer.Option(help="default: sentences.labeled")] = None,
-    dlq_topic: Annotated[str | None, typer.Option(help="default: sentences.dlq")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="model bundle dir; default: the shipped one")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="sentences per inference batch")] = None,
-    max_wait_ms: Annotated[int | None, typer.Option(help="longest wait to fill a batch")] = None,
-    max_message_bytes: Annotated[int | None, typer.Option(help="larger records are dead-lettered")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="truncate below the bundle's max length")] = None,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per process")] = None,
-    delivery: Annotated[str | None, typer.Option(help="at-least-once | exactly-once")] = None,
-    processes: Annotated[int | None, typer.Option(help="worker processes on this host")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="/metrics, /healthz, /readyz; 0: off")] = None,
-    split_sentences: Annotated[bool | None, typer.Option("--split-sentences/--no-split-sentences",
-                                                         help="one result per sentence of a text")] = None,
-    security_protocol: Annotated[str | None, typer.Option(help="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")] = None,
-    sasl_mechanism: Annotated[str | None, typer.Option(help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")] = None,
-    sasl_username: Annotated[str | None, typer.Option(help="password: SENTISTREAM_SASL_PASSWORD")] = None,
     create_topics: Annotated[bool, typer.Option(help="create missing topics first")] = False,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING")] = None,
+    **flags: Any,
 ) -> None:
-    """Consume sentences, classify them in micro-batches, publish results. Runs until SIGTERM."""
-    from worker.logs import setup_logging
-    from worker.supervisor import run_one, run_supervised
+    """Consume sentences, classify them in micro-batches, publish results. Runs until SIGTERM.
+    Every setting is a flag (and an environment variable SENTISTREAM_<NAME>)."""
+    from sentistream.worker.logs import setup_logging
+    from sentistream.worker.supervisor import run_one, run_supervised
 
-    settings = make_settings(
-        bootstrap=bootstrap, group_id=group_id, input_topic=input_topic, output_topic=output_topic,
-        dlq_topic=dlq_topic, bundle=bundle, batch_size=batch_size, max_wait_ms=max_wait_ms,
-        max_message_bytes=max_message_bytes, max_tokens=max_tokens, threads=threads,
-        delivery=delivery, processes=processes, metrics_port=metrics_port,
-        split_sentences=split_sentences, security_protocol=security_protocol,
-        sasl_mechanism=sasl_mechanism, sasl_username=sasl_username, log_level=log_level,
-    )
+    settings = client_settings(**flags)
     setup_logging(settings.log_level, "supervisor" if settings.processes > 1 else "worker")
-    from worker.bundle import Bundle, default_bundle_path
+    from sentistream.worker.bundle import Bundle, default_bundle_path
 
     # Refuse a bad bundle before anything starts; a single worker then serves this very session.
     bundle = Bundle(settings.bundle or default_bundle_path(), threads=settings.threads, max_tokens=settings.max_tokens)
@@ -269,7 +260,7 @@ def worker_cmd(
 
 
 def _ensure_topics(settings: Settings) -> None:
-    from worker import kafka_clients
+    from sentistream.worker import kafka_clients
 
     client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
     try:
@@ -286,9 +277,9 @@ def demo_cmd(
     """End to end: broker (started if none), topics, 2 workers, a review, results, figures."""
     from rich.console import Console
 
-    from worker.demo import run_demo
+    from sentistream.cli.demo import run_demo
 
-    settings = make_settings(bootstrap=bootstrap, bundle=bundle, metrics_port=0)
+    settings = client_settings(bootstrap=bootstrap, bundle=bundle, metrics_port=0)
     raise typer.Exit(run_demo(settings, Console()))
 
 
@@ -301,9 +292,9 @@ def produce_cmd(
     """Send a file (or stdin), one message per line, to the input topic."""
     import sys
 
-    from worker.feed import produce_lines
+    from sentistream.cli.feed import produce_lines
 
-    settings = make_settings(bootstrap=bootstrap, input_topic=input_topic)
+    settings = client_settings(bootstrap=bootstrap, input_topic=input_topic)
     if file is not None and not file.exists():
         raise UserError(f"no such file: {file}")
     with (file.open() if file else sys.stdin) as lines:
@@ -323,9 +314,9 @@ def consume_cmd(
     """Print results from the output topic."""
     from rich.console import Console
 
-    from worker.feed import consume_results
+    from sentistream.cli.feed import consume_results
 
-    settings = make_settings(bootstrap=bootstrap, output_topic=output_topic)
+    settings = client_settings(bootstrap=bootstrap, output_topic=output_topic)
     consume_results(settings, follow, json_lines, from_beginning, limit, Console())
 
 
@@ -339,7 +330,7 @@ def top_cmd(
     """Live terminal dashboard over workers' /metrics: msg/s, p50/p99, lag, DLQ, label mix."""
     from rich.console import Console
 
-    from worker.top import run
+    from sentistream.cli.top import run
 
     if not targets:
         targets = [f"127.0.0.1:{make_settings().metrics_port}"]
@@ -349,7 +340,7 @@ def top_cmd(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of input and output records."""
-    from worker.contract import dump_schemas
+    from sentistream.worker.contract import dump_schemas
 
     typer.echo(dump_schemas(), nl=False)
 
@@ -361,7 +352,7 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 @app.command("export", context_settings=_PASSTHROUGH)
 def export_cmd(ctx: typer.Context) -> None:
     """Train, export and evaluate model bundles (needs the export extra). See `export --help`."""
-    from export.cli import app as export_app
+    from sentistream.export.cli import app as export_app
 
     code = export_app(args=ctx.args, standalone_mode=False, prog_name="sentistream export")
     raise typer.Exit(code if isinstance(code, int) else 0)
@@ -379,11 +370,11 @@ def bench_cmd(
     """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra)."""
     from rich.console import Console
 
-    from bench.run import run
+    from sentistream.bench.run import run
 
     if fp32_bundle is not None and not fp32_bundle.exists():
         raise UserError(f"no bundle at {fp32_bundle}")
-    settings = make_settings(bootstrap=bootstrap)
+    settings = client_settings(bootstrap=bootstrap)
     console = Console()
     console.print(run(settings, 1000 if quick else n, quick, fp32_bundle, checkpoint, out, console))
 
@@ -402,9 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     from kafka.errors import KafkaError
 
-    from worker.bundle import BundleError
-    from worker.kafka_clients import NoBrokerConfigured
-    from worker.local_kafka import BrokerError
+    from sentistream.cli.local_kafka import BrokerError
+    from sentistream.worker.bundle import BundleError
+    from sentistream.worker.kafka_clients import NoBrokerConfigured
 
     try:
         code = app(args=argv, standalone_mode=False, prog_name="sentistream")

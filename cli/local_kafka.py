@@ -1,6 +1,6 @@
 """A real Apache Kafka (KRaft) on loopback for the demo, the tests and CI. Tooling only.
 
-Jars come from Maven Central through ``deploy/kafka/pom.xml`` (cached under the home dir and in
+Jars come from Maven Central through ``cli/kafka/pom.xml`` (package data) (cached under the home dir and in
 Maven's local repository); nodes run with ``java`` as detached processes; everything a cluster
 owns (config, data, logs, pids) lives in one data directory. The run loop never imports this.
 """
@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"  # package data: works installed too
 LOG4J2_PROPERTIES = """\
 appender.file.type = File
 appender.file.name = file
@@ -93,7 +92,7 @@ def provision_jars(home: Path) -> Path:
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is not installed: it fetches the Kafka jars once")
     if not POM.exists():
-        raise BrokerError(f"{POM} is missing: run from a sentistream checkout")
+        raise BrokerError(f"{POM} is missing: reinstall sentistream")
     libs.mkdir(parents=True, exist_ok=True)
     cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
            f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]

@@ -1,0 +1,3 @@
+from sentistream.cli.app import main
+
+main()
