@@ -368,8 +368,14 @@ def bench_cmd(
     out: Annotated[Path, typer.Option(help="where bench.md and bench.png go")] = Path("out/bench"),
 ) -> None:
     """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra)."""
+    import importlib.util
+
     from rich.console import Console
 
+    missing = [m for m in ("matplotlib", "quixstreams", "torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:  # checked first: a benchmark that dies after minutes helps nobody
+        raise UserError(f"sentistream bench needs the bench and export extras (missing: {', '.join(missing)}): "
+                        "pip install 'sentistream[bench,export]', or make bench")
     from sentistream.bench.run import run
 
     if fp32_bundle is not None and not fp32_bundle.exists():

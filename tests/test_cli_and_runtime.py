@@ -98,3 +98,17 @@ def test_export_without_the_export_extra_prints_one_line_naming_it(tmp_path) -> 
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "export extra (torch, transformers missing)" in result.stderr
+
+
+def test_bench_without_its_extras_is_one_line_before_any_work(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    from sentistream.cli.app import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the bench and export extras (missing: matplotlib" in err[0]
