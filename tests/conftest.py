@@ -87,15 +87,26 @@ def settings_for(kafka_bootstrap: str, unique: str, tmp_path: Path):
 
 
 @pytest.fixture
-def topics(settings_for):
-    """Like ``settings_for``, with the input, output and dead-letter topics created."""
+def topics(settings_for, kafka_bootstrap: str) -> Iterator:
+    """Like ``settings_for``, with the input, output and dead-letter topics created; they are
+    deleted when the test ends."""
+    from kafka import KafkaAdminClient
+
     from sentistream.worker import kafka_clients
+
+    created: list[str] = []
 
     def make(**overrides) -> Settings:
         s = settings_for(**overrides)
         admin = kafka_clients.admin(s, s.bootstrap_servers)
-        kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
+        created.extend(kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s)))
         admin.close()
         return s
 
-    return make
+    yield make
+    if created:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.delete_topics(created)
+        finally:
+            admin.close()
