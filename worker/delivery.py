@@ -418,14 +418,14 @@ class ExactlyOnce(_Delivery):
                      exc: BaseException, rewound: set[TopicPartition]) -> list[Handled]:
         """Work for the next attempt: records refused for themselves are dead-lettered instead;
         partitions whose topic cannot be written are rewound and paused; the rest goes again."""
-        named = str(exc)
+        named = refused_topics(exc)
         culprits: dict[int, tuple[Outgoing, Any]] = {}
         for h, m, f in sent:
             if record_refused(f):
                 culprits.setdefault(id(h), (m, f))
         blocked_tps: dict[TopicPartition, tuple[int, str]] = {}
         for h, m, _ in sent:  # e.g. TopicAuthorizationFailedError names the topics it refused
-            if isinstance(exc, kerr.AuthorizationError) and m.topic in named and id(h) not in culprits:
+            if m.topic in named and id(h) not in culprits:
                 tp = partition_of(h.record)
                 if tp not in blocked_tps or h.record.offset < blocked_tps[tp][0]:
                     blocked_tps[tp] = (h.record.offset, m.topic)
@@ -453,6 +453,16 @@ class ExactlyOnce(_Delivery):
         # records behind a newly blocked record on the same partition wait for it
         return [h for h in out if not (partition_of(h.record) in blocked_tps
                                        and h.record.offset >= blocked_tps[partition_of(h.record)][0])]
+
+
+def refused_topics(exc: BaseException) -> set[str]:
+    """The topics an authorization error names (kafka-python passes them as its argument)."""
+    if not isinstance(exc, kerr.AuthorizationError):
+        return set()
+    names: set[str] = set()
+    for arg in exc.args:
+        names.update([arg] if isinstance(arg, str) else arg if isinstance(arg, set | list | tuple | frozenset) else [])
+    return names
 
 
 def _first_offsets(work: Iterable[Handled]) -> dict[TopicPartition, int]:
