@@ -87,6 +87,15 @@ class Outgoing:
     stub: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """One sentence's prediction, its length in tokens, and whether the model read only part of it."""
+
+    prediction: Prediction
+    tokens: int
+    truncated: bool = False
+
+
 @dataclass(slots=True)
 class Handled:
     """One input record and the messages that account for it once acknowledged."""
@@ -140,16 +149,13 @@ class Pipeline:
         """Classify the records' sentences together (batched by token count) and build, per
         record, its result messages or its dead letter."""
         sentences = [s for d in decoded if d.rejection is None for s in d.sentences]
-        outcomes = self._classify(sentences)
+        outcomes = iter(self._classify(sentences))
         handled = []
         for d in decoded:
-            rejection = d.rejection or next(
-                (Rejection(d.record, Reason.MODEL_ERROR, _one_line(outcomes[id(s)]))
-                 for s in d.sentences if isinstance(outcomes.get(id(s)), Exception)), None)
-            if rejection is None:
-                handled.append(self._results(d, outcomes))
-            else:
-                handled.append(self.dead_letter(rejection))
+            mine = [] if d.rejection else [next(outcomes) for _ in d.sentences]
+            error = next((o for o in mine if isinstance(o, Exception)), None)
+            rejection = d.rejection or (Rejection(d.record, Reason.MODEL_ERROR, _one_line(error)) if error else None)
+            handled.append(self._results(d, mine) if rejection is None else self.dead_letter(rejection))
         return handled
 
     def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
@@ -167,15 +173,15 @@ class Pipeline:
                                dead_letter=True, stub=True)
         return Handled(r, [message], rejection)
 
-    def _results(self, d: Decoded, outcomes: dict[int, Prediction | Exception]) -> Handled:
+    def _results(self, d: Decoded, classified: list[Classified]) -> Handled:
         r = d.record
         headers = result_headers(r, self.model)
         source = SourceRef(topic=r.topic, partition=r.partition, offset=r.offset)
         messages, labels = [], []
-        for s in d.sentences:
-            p, tokens, truncated = outcomes[id(s)]  # type: ignore[misc]
+        for s, c in zip(d.sentences, classified, strict=True):
+            p = c.prediction
             value = Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
-                           tokens=tokens, truncated=truncated, model=self.model, source=source, meta=s.meta,
+                           tokens=c.tokens, truncated=c.truncated, model=self.model, source=source, meta=s.meta,
                            doc_id=s.doc_id, sentence_index=s.sentence_index).model_dump_json().encode()
             size = encoded_size(r.key, value, headers)
             if size > self.result_limit:
@@ -185,24 +191,24 @@ class Pipeline:
             labels.append(p.label)
         return Handled(r, messages, labels=labels)
 
-    def _classify(self, sentences: list[Sentence]) -> dict[int, tuple[Prediction, int, bool] | Exception]:
-        """Per sentence (by ``id``): (prediction, token count, truncated), or the error that
-        isolates it."""
-        out: dict[int, tuple[Prediction, int, bool] | Exception] = {}
-        encoded: list[tuple[Sentence, Encoding]] = []
-        for s, e in zip(sentences, self._tokenize([s.text for s in sentences]), strict=True):
+    def _classify(self, sentences: list[Sentence]) -> list[Classified | Exception]:
+        """Per sentence, in order: its classification, or the error that isolates it."""
+        out: list[Classified | Exception | None] = [None] * len(sentences)
+        encoded: list[tuple[int, Encoding]] = []
+        for i, e in enumerate(self._tokenize([s.text for s in sentences])):
             if isinstance(e, Exception):
-                out[id(s)] = e
+                out[i] = e
             else:
-                encoded.append((s, e))
+                encoded.append((i, e))
         for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
-            for (s, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
+            for (i, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
                 if isinstance(p, Exception):
-                    out[id(s)] = p
+                    out[i] = p
+                elif e.overflowing:  # longer than the model reads: say so, with its true length
+                    out[i] = Classified(p, self.bundle.token_count(sentences[i].text), truncated=True)
                 else:
-                    truncated = bool(e.overflowing)
-                    out[id(s)] = (p, self.bundle.token_count(s.text) if truncated else len(e.ids), truncated)
-        return out
+                    out[i] = Classified(p, len(e.ids))
+        return out  # type: ignore[return-value]
 
     def _tokenize(self, texts: list[str]) -> list[Encoding | Exception]:
         try:
