@@ -1,10 +1,11 @@
-"""One session fixture for Kafka: a configured cluster when given, else a real local broker.
+"""One session fixture for Kafka, ``kafka``: a :class:`tests.cluster.KafkaCluster` on a configured
+cluster when given, else on a real local broker.
 
 Set ``KAFKA_BOOTSTRAP_SERVERS`` (or ``SENTISTREAM_BOOTSTRAP_SERVERS``) to test against your own
 cluster; otherwise the run starts Apache Kafka (KRaft) on a free loopback port in a temporary
 directory, once, and stops it at the end. That broker enforces ACLs (none exist at first, so all
-is allowed) for the tests that deny a topic to the worker (``tests/kafka_acl.py``); on a
-configured cluster without an authorizer those tests are skipped.
+is allowed) for the tests that deny a topic to the worker (``KafkaCluster.deny_writes``); on a
+configured cluster without an authorizer the tests that take ``acl_kafka`` are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from sentistream.cli.local_kafka import KAFKA_VERSION, LocalCluster
 from sentistream.worker.settings import Settings, default_home
+from tests.cluster import KafkaCluster
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
@@ -35,28 +37,33 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """The session's cluster; the topics made through it and not deleted yet are deleted at the end."""
     configured = _configured_bootstrap()
     if configured:
-        yield configured
+        cluster = KafkaCluster(configured)
+        try:
+            yield cluster
+        finally:
+            cluster.delete_topics()
         return
     # Jars are cached in the user's home (shared with `sentistream broker up`); data is not.
-    cluster = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka"))
-    state = cluster.up(nodes=1, port=0, timeout=120, acls=True)
+    local = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka"))
+    state = local.up(nodes=1, port=0, timeout=120, acls=True)
     try:
-        yield state.bootstrap
+        cluster = KafkaCluster(state.bootstrap)
+        yield cluster
+        cluster.delete_topics()
     finally:
-        cluster.down(wipe=True)
+        local.down(wipe=True)
 
 
 @pytest.fixture(scope="session")
-def acl_bootstrap(kafka_bootstrap: str) -> str:
+def acl_kafka(kafka: KafkaCluster) -> KafkaCluster:
     """The session's cluster, where tests may add ACLs; skips when it has no authorizer."""
-    from tests.kafka_acl import acls_enforced
-
-    if not acls_enforced(kafka_bootstrap):
+    if not kafka.acls_enforced():
         pytest.skip("the configured cluster does not enforce ACLs")
-    return kafka_bootstrap
+    return kafka
 
 
 @pytest.fixture
@@ -66,12 +73,12 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings_for(kafka_bootstrap: str, unique: str, tmp_path: Path):
-    """Settings with this test's own topics and group on the session's broker."""
+def settings_for(kafka: KafkaCluster, unique: str, tmp_path: Path):
+    """Settings with this test's own topics and group on the session's cluster."""
 
     def make(**overrides) -> Settings:
         base = dict(
-            bootstrap_servers=kafka_bootstrap,
+            bootstrap_servers=kafka.bootstrap,
             group_id=f"g-{unique}",
             input_topic=f"in-{unique}",
             output_topic=f"out-{unique}",
@@ -87,26 +94,15 @@ def settings_for(kafka_bootstrap: str, unique: str, tmp_path: Path):
 
 
 @pytest.fixture
-def topics(settings_for, kafka_bootstrap: str) -> Iterator:
+def topics(settings_for, kafka: KafkaCluster) -> Iterator:
     """Like ``settings_for``, with the input, output and dead-letter topics created; they are
     deleted when the test ends."""
-    from kafka import KafkaAdminClient
-
-    from sentistream.worker import kafka_clients
-
     created: list[str] = []
 
     def make(**overrides) -> Settings:
         s = settings_for(**overrides)
-        admin = kafka_clients.admin(s, s.bootstrap_servers)
-        created.extend(kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s)))
-        admin.close()
+        created.extend(kafka.create_topics(s))
         return s
 
     yield make
-    if created:
-        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        try:
-            admin.delete_topics(created)
-        finally:
-            admin.close()
+    kafka.delete_topics(created)

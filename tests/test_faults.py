@@ -33,14 +33,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient
 
 from sentistream.cli.local_kafka import LocalCluster, live_broker_ids
 from sentistream.worker import kafka_clients
 from sentistream.worker.settings import Settings, default_home
-from tests.workers import WorkerProcess, collect
+from tests.cluster import KafkaCluster
+from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -60,13 +62,18 @@ TEXTS = ["The acting is superb.", "A dull, lifeless film.", "It is a movie.",
 
 
 # -- the cluster -----------------------------------------------------------------------------
-@dataclass
-class Cluster:
-    local: LocalCluster
-    bootstrap: str
+class FaultCluster(KafkaCluster):
+    """The module's 3-node cluster: :class:`KafkaCluster`'s clients and helpers, plus its nodes
+    (``local``) and where partitions and coordinators sit. Its topics are not deleted one by one:
+    the whole cluster is wiped at the end of the module."""
 
-    def admin(self) -> KafkaAdminClient:
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=10_000)
+    def __init__(self, local: LocalCluster, bootstrap: str) -> None:
+        super().__init__(bootstrap)
+        self.local = local
+
+    def admin(self, **config: Any) -> KafkaAdminClient:
+        """A short request timeout: nodes of this cluster go down on purpose."""
+        return super().admin(**{"request_timeout_ms": 10_000, **config})
 
     def partitions(self, topic: str) -> list[dict]:
         admin = self.admin()
@@ -120,16 +127,12 @@ class Cluster:
         finally:
             admin.close()
 
-    def create_topics(self, s: Settings, leaders: list[int]) -> None:
+    def create_led_topics(self, s: Settings, leaders: list[int]) -> None:
         """The stream's topics, 3 replicas each; partition p led by ``leaders[p]``."""
         assignments = {p: [n, *(m for m in NODES if m != n)] for p, n in enumerate(leaders)}
         specs = {name: {"assignments": assignments, **({"configs": spec["configs"]} if "configs" in spec else {})}
                  for name, spec in kafka_clients.topic_specs(s).items()}
-        admin = self.admin()
-        try:
-            admin.create_topics(specs, wait_for_metadata=True)
-        finally:
-            admin.close()
+        self.create_topics(s, specs)
         deadline = time.monotonic() + 30
         while [self.leader(s.input_topic, p) for p in range(len(leaders))] != leaders:
             assert time.monotonic() < deadline, "the new topics did not get their leaders"
@@ -138,7 +141,7 @@ class Cluster:
     def create_internal_topics(self, timeout: float = 60) -> None:
         """Kafka creates __consumer_offsets on the first group coordinator lookup and
         __transaction_state on the first transactional producer: make both happen."""
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap.split(","), transactional_id="sentistream-probe")
+        producer = self.producer(transactional_id="sentistream-probe")
         producer.init_transactions()
         producer.close()
         deadline = time.monotonic() + timeout
@@ -181,11 +184,11 @@ def quiet_kafka() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
     local = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka3"))
     state = local.up(nodes=3, port=0, timeout=180)
     try:
-        cluster = Cluster(local, state.bootstrap)
+        cluster = FaultCluster(local, state.bootstrap)
         cluster.create_internal_topics()
         yield cluster
     finally:
@@ -197,9 +200,9 @@ class Feeder:
     """Sends ``{"id", "text"}`` records at a steady rate (acks=all, 12 keys) until stopped;
     remembers when each id was sent and which ones the cluster acknowledged."""
 
-    def __init__(self, bootstrap: str, topic: str, rate: int = RATE) -> None:
+    def __init__(self, cluster: KafkaCluster, topic: str, rate: int = RATE) -> None:
         self.topic, self.rate = topic, rate
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5)
+        self.producer = cluster.producer(linger_ms=5)
         self.sent_at: dict[str, float] = {}
         self.acked: set[str] = set()
         self.failed: dict[str, str] = {}
@@ -253,10 +256,8 @@ class Monitor:
     """A downstream consumer (read_committed) of the output and dead-letter topics: notes when
     each id first arrived."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap.split(","), group_id=None,
-                                      auto_offset_reset="earliest", enable_auto_commit=False,
-                                      isolation_level="read_committed")
+    def __init__(self, cluster: KafkaCluster, topics: list[str]) -> None:
+        self.consumer = cluster.consumer(*topics)
         self.first_seen: dict[str | None, float] = {}
         self.arrivals: list[float] = []
         self._lock = threading.Lock()
@@ -444,7 +445,7 @@ def at_least_once_bound(restarts: int) -> int:
 class Stream:
     """One delivery mode's worker(s), with a feeder before and a monitor after."""
 
-    cluster: Cluster
+    cluster: FaultCluster
     settings: Settings
     mode: str
     keeper: Keeper
@@ -462,8 +463,8 @@ class Stream:
 
     def feed(self) -> None:
         s = self.settings
-        self.monitor = Monitor(s.bootstrap_servers, [s.output_topic, s.dlq_topic]).start()
-        self.feeder = Feeder(s.bootstrap_servers, s.input_topic).start()
+        self.monitor = Monitor(self.cluster, [s.output_topic, s.dlq_topic]).start()
+        self.feeder = Feeder(self.cluster, s.input_topic).start()
         self.started = time.time()
 
     def flowing(self) -> None:
@@ -492,8 +493,8 @@ class Stream:
         figures.restarts = list(self.keeper.restarts)
         figures.notes.append(f"stop exit codes {self.keeper.stop_all()}")
         s = self.settings
-        got = collect(s.bootstrap_servers, [s.output_topic, s.dlq_topic], len(expected), timeout=60,
-                      until=lambda records: expected <= {_record_id(r) for r in records})
+        got = self.cluster.collect([s.output_topic, s.dlq_topic], len(expected), timeout=60,
+                                   until=lambda records: expected <= {_record_id(r) for r in records})
         ids = Counter(_record_id(r) for r in got)
         figures.inputs, figures.unacknowledged = len(expected), len(self.feeder.failed)
         figures.results = sum(1 for r in got if r.topic == s.output_topic)
@@ -526,7 +527,7 @@ class Stream:
 
 
 @pytest.fixture
-def streams(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., list[Stream]]]:
+def streams(cluster: FaultCluster, tmp_path: Path) -> Iterator[Callable[..., list[Stream]]]:
     """``make(modes, leaders, group_on, transactions_on)``: one stream per mode on a healed
     cluster, with topics whose partition p is led by ``leaders[p]``, a group whose coordinator
     node satisfies ``group_on`` and a transactional id whose coordinator satisfies
@@ -546,7 +547,7 @@ def streams(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., list[Str
             s = Settings(bootstrap_servers=cluster.bootstrap, group_id=group, input_topic=f"in-{group}",
                          output_topic=f"out-{group}", dlq_topic=f"dlq-{group}", partitions=len(leaders),
                          metrics_port=0, home=tmp_path / "home")
-            cluster.create_topics(s, list(leaders))
+            cluster.create_led_topics(s, list(leaders))
             made.append(Stream(cluster, s, mode, Keeper(tmp_path), transactional_id))
         batch = made[-len(modes):]
         for st in batch:

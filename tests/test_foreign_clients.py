@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError
 
-from sentistream.worker import kafka_clients
-from tests.workers import ForeignRecord, foreign_produce, kcat_produce
+from tests.cluster import ForeignRecord, KafkaCluster
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def topic(settings_for) -> str:
+def topic(kafka: KafkaCluster, settings_for) -> Iterator[str]:
     s = settings_for(partitions=1)
-    admin = kafka_clients.admin(s, s.bootstrap_servers)
-    kafka_clients.ensure_topics(admin, {s.input_topic: {"num_partitions": 1}})
-    admin.close()
-    return s.input_topic
+    created = kafka.create_topics(s, {s.input_topic: {"num_partitions": 1}})
+    yield s.input_topic
+    kafka.delete_topics(created)
 
 
-def _poll(bootstrap: str, topic: str, want: int, timeout: float = 15) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+def _poll(kafka: KafkaCluster, topic: str, want: int, timeout: float = 15) -> list:
+    consumer = kafka.consumer(topic, isolation_level="read_uncommitted")
     got: list = []
     deadline = time.monotonic() + timeout
     try:
@@ -36,13 +34,13 @@ def _poll(bootstrap: str, topic: str, want: int, timeout: float = 15) -> list:
     return got
 
 
-def test_confluent_writes_null_and_empty_header_values(kafka_bootstrap, topic) -> None:
-    foreign_produce(kafka_bootstrap, topic, [
+def test_confluent_writes_null_and_empty_header_values(kafka, topic) -> None:
+    kafka.produce_foreign(topic, [
         ForeignRecord(b'{"id": "a", "text": "fine"}', key=b"k", headers=[("nothing", None), ("empty", b"")]),
         ForeignRecord(b"", partition=0),
         ForeignRecord(None),
     ])
-    got = _poll(kafka_bootstrap, topic, 3)
+    got = _poll(kafka, topic, 3)
     assert [(r.key, r.value, r.headers) for r in got] == [
         (b"k", b'{"id": "a", "text": "fine"}', [("nothing", None), ("empty", b"")]),
         (None, b"", []),
@@ -50,13 +48,13 @@ def test_confluent_writes_null_and_empty_header_values(kafka_bootstrap, topic) -
     ]
 
 
-def test_kcat_writes_exact_bytes_null_headers_and_non_utf8_header_keys(kafka_bootstrap, topic) -> None:
+def test_kcat_writes_exact_bytes_null_headers_and_non_utf8_header_keys(kafka, topic) -> None:
     value = b"two\nlines, a NUL \x00 and \xff"
-    kcat_produce(kafka_bootstrap, topic, 0, value, ["trace=t-1", "nothing", "a=b=c"])
-    got = _poll(kafka_bootstrap, topic, 1)
+    kafka.produce_kcat(topic, 0, value, ["trace=t-1", "nothing", "a=b=c"])
+    got = _poll(kafka, topic, 1)
     assert [(r.value, r.headers) for r in got] == [(value, [("trace", b"t-1"), ("nothing", None), ("a", b"b=c")])]
-    kcat_produce(kafka_bootstrap, topic, 0, b"bad key", [b"\xff\xfekey=v"])
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    kafka.produce_kcat(topic, 0, b"bad key", [b"\xff\xfekey=v"])
+    consumer = kafka.consumer(topic, isolation_level="read_uncommitted")
     try:
         with pytest.raises(CorruptRecordError, match="UnicodeDecodeError"):
             deadline = time.monotonic() + 15

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.kafka
-def test_an_install_outside_the_checkout_has_one_namespace_and_runs_the_demo(kafka_bootstrap, tmp_path) -> None:
+def test_an_install_outside_the_checkout_has_one_namespace_and_runs_the_demo(kafka, tmp_path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -28,7 +28,7 @@ def test_an_install_outside_the_checkout_has_one_namespace_and_runs_the_demo(kaf
     assert "sentistream" in top_level
     assert not {"worker", "export", "bench", "cli"} & top_level
 
-    run_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SENTISTREAM_HOME": str(tmp_path / "home"),
+    run_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "SENTISTREAM_HOME": str(tmp_path / "home"),
                "PYTHONPATH": ""}
     result = subprocess.run([str(venv / "bin" / "sentistream"), "demo"], cwd=tmp_path, env=run_env,
                             capture_output=True, text=True, timeout=300)

@@ -6,19 +6,12 @@ import threading
 import time
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from sentistream.worker import kafka_clients
+from tests.cluster import KafkaCluster
 
 pytestmark = pytest.mark.kafka
-
-
-def _produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for v in values:
-        producer.send(topic, value=v, key=key)
-    producer.flush()
-    producer.close()
 
 
 def _drain(consumer: KafkaConsumer, want: int, timeout: float = 30.0) -> list:
@@ -30,13 +23,10 @@ def _drain(consumer: KafkaConsumer, want: int, timeout: float = 30.0) -> list:
     return got
 
 
-def test_round_trip(settings_for) -> None:
-    s = settings_for()
-    admin = kafka_clients.admin(s, s.bootstrap_servers)
-    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-    admin.close()
+def test_round_trip(kafka: KafkaCluster, topics) -> None:
+    s = topics()
     values = [f"hello {i}".encode() for i in range(20)]
-    _produce(s.bootstrap_servers, s.input_topic, values, key=b"k")
+    kafka.produce(s.input_topic, [(b"k", v) for v in values])
     consumer = kafka_clients.consumer(s, s.bootstrap_servers)
     consumer.subscribe([s.input_topic])
     got = _drain(consumer, 20)
@@ -57,11 +47,8 @@ def test_topic_creation_is_idempotent(settings_for) -> None:
         admin.close()
 
 
-def test_group_of_two_splits_partitions(settings_for) -> None:
-    s = settings_for(partitions=4)
-    admin = kafka_clients.admin(s, s.bootstrap_servers)
-    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-    admin.close()
+def test_group_of_two_splits_partitions(topics) -> None:
+    s = topics(partitions=4)
     # Each member polls on its own thread, as two worker processes would.
     consumers = [kafka_clients.consumer(s, s.bootstrap_servers) for _ in range(2)]
     done = threading.Event()
@@ -87,12 +74,9 @@ def test_group_of_two_splits_partitions(settings_for) -> None:
     assert not (a & b)
 
 
-def test_committed_offsets_survive_restart(settings_for) -> None:
-    s = settings_for(partitions=1)
-    admin = kafka_clients.admin(s, s.bootstrap_servers)
-    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-    admin.close()
-    _produce(s.bootstrap_servers, s.input_topic, [f"m{i}".encode() for i in range(10)])
+def test_committed_offsets_survive_restart(kafka: KafkaCluster, topics) -> None:
+    s = topics(partitions=1)
+    kafka.produce(s.input_topic, [(None, f"m{i}".encode()) for i in range(10)])
     first = kafka_clients.consumer(s, s.bootstrap_servers, max_poll_records=4)
     first.subscribe([s.input_topic])
     got = _drain(first, 4)[:4]
@@ -106,12 +90,9 @@ def test_committed_offsets_survive_restart(settings_for) -> None:
     assert [r.value for r in rest] == [f"m{i}".encode() for i in range(4, 10)]
 
 
-def test_end_offsets_match_what_was_produced(settings_for) -> None:
-    s = settings_for(partitions=2)
-    admin = kafka_clients.admin(s, s.bootstrap_servers)
-    kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
+def test_end_offsets_match_what_was_produced(kafka: KafkaCluster, topics) -> None:
+    s = topics(partitions=2)
+    producer = kafka.producer()
     for _ in range(7):
         producer.send(s.input_topic, value=b"x", partition=0)
     for _ in range(5):

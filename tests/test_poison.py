@@ -9,10 +9,10 @@ import random
 import time
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
-from tests.kafka_acl import allow_writes, deny_writes
-from tests.workers import ForeignRecord, WorkerProcess, collect, foreign_produce, kcat_produce
+from tests.cluster import ForeignRecord
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 MODES = ["at-least-once", "exactly-once"]
@@ -30,38 +30,14 @@ def result_ids(records) -> set[str]:
     return {json.loads(r.value)["id"].split("#")[0] for r in records}
 
 
-def committed_offsets(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]:
-    return {tp.partition: m.offset for tp, m in admin.list_group_offsets(group).get(group, {}).items()
-            if tp.topic == topic and m.offset is not None and m.offset >= 0}
-
-
-def wait_committed_to_end(bootstrap: str, group: str, topic: str, timeout: float = 60) -> dict[int, int]:
-    """Wait until the group's committed offset of every partition reaches its end offset."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        tps = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic)]
-        deadline = time.monotonic() + timeout
-        while True:
-            # end offsets as a read_committed reader sees them (transaction markers included)
-            ends = {tp.partition: o for tp, o in reader.end_offsets(tps).items()}
-            done = committed_offsets(admin, group, topic)
-            if all(done.get(p, 0) >= end for p, end in ends.items()) or time.monotonic() > deadline:
-                return {p: done.get(p, 0) - end for p, end in ends.items()}
-            time.sleep(0.5)
-    finally:
-        reader.close()
-        admin.close()
-
-
 @pytest.mark.parametrize("delivery", MODES)
-def test_every_poison_row_is_dead_lettered_and_the_partition_moves_on(topics, tmp_path, delivery) -> None:
+def test_every_poison_row_is_dead_lettered_and_the_partition_moves_on(kafka, topics, tmp_path, delivery) -> None:
     s = topics(partitions=1)
-    b, t = s.bootstrap_servers, s.input_topic
-    kcat_produce(b, t, 0, good(0), [])
-    kcat_produce(b, t, 0, b'{"id": "nullhdr", "text": "A header with a null value."}', ["name"])
-    kcat_produce(b, t, 0, b'{"id": "badkey", "text": "A header key that is not UTF-8."}', [b"\xff\xfe=v"])
-    foreign_produce(b, t, [
+    t = s.input_topic
+    kafka.produce_kcat(t, 0, good(0), [])
+    kafka.produce_kcat(t, 0, b'{"id": "nullhdr", "text": "A header with a null value."}', ["name"])
+    kafka.produce_kcat(t, 0, b'{"id": "badkey", "text": "A header key that is not UTF-8."}', [b"\xff\xfe=v"])
+    kafka.produce_foreign(t, [
         # 60 KB of control characters (6 bytes each once JSON-escaped) + a 700 KB header: a ~1 MB result
         ForeignRecord(b"\x01" * 60_000 + b" big", headers=[("h", b"x" * 700_000)], partition=0),
         ForeignRecord(json.dumps({"id": "bomb", "text": "a. " * 21_000}).encode(), partition=0),
@@ -70,9 +46,9 @@ def test_every_poison_row_is_dead_lettered_and_the_partition_moves_on(topics, tm
     w = WorkerProcess(s, ["--split-sentences", "--delivery", delivery]).start(tmp_path)
     try:
         w.wait_ready()
-        out = collect(b, [s.output_topic], 0, until=lambda got: {"g0", "g5", "nullhdr"} <= result_ids(got))
-        dlq = collect(b, [s.dlq_topic], 3)
-        assert wait_committed_to_end(b, s.group_id, t) == {0: 0}, "the partition's offset did not reach its end"
+        out = kafka.collect([s.output_topic], 0, until=lambda got: {"g0", "g5", "nullhdr"} <= result_ids(got))
+        dlq = kafka.collect([s.dlq_topic], 3)
+        assert kafka.wait_committed_to_end(s.group_id, t) == {0: 0}, "the partition's offset did not reach its end"
         assert w.proc.poll() is None, w.log()
     finally:
         assert w.stop() == 0, w.log()
@@ -87,19 +63,19 @@ def test_every_poison_row_is_dead_lettered_and_the_partition_moves_on(topics, tm
 
 
 @pytest.mark.parametrize("delivery", MODES)
-def test_an_unwritable_dead_letter_topic_pauses_only_that_partition_until_it_works(topics, tmp_path, delivery) -> None:
+def test_an_unwritable_dead_letter_topic_pauses_only_that_partition_until_it_works(kafka, topics, tmp_path,
+                                                                                  delivery) -> None:
     s = topics(partitions=2)
-    b = s.bootstrap_servers
-    deny_writes(b, s.dlq_topic)
+    kafka.deny_writes(s.dlq_topic)
     try:
         # partition 0: good, bad, good...; partition 1: good only
-        foreign_produce(b, s.input_topic, [ForeignRecord(good(0), partition=0), ForeignRecord(b"{not json", partition=0),
-                                           *[ForeignRecord(good(i), partition=0) for i in range(1, 5)],
-                                           *[ForeignRecord(good(i), partition=1) for i in range(100, 110)]])
+        kafka.produce_foreign(s.input_topic, [ForeignRecord(good(0), partition=0), ForeignRecord(b"{not json", partition=0),
+                                              *[ForeignRecord(good(i), partition=0) for i in range(1, 5)],
+                                              *[ForeignRecord(good(i), partition=1) for i in range(100, 110)]])
         w = WorkerProcess(s, ["--delivery", delivery]).start(tmp_path)
         try:
             w.wait_ready(path="/healthz")
-            out = collect(b, [s.output_topic], 0, until=lambda got: {f"g{i}" for i in range(100, 110)} <= result_ids(got))
+            out = kafka.collect([s.output_topic], 0, until=lambda got: {f"g{i}" for i in range(100, 110)} <= result_ids(got))
             assert {f"g{i}" for i in range(100, 110)} <= result_ids(out)  # the other partition flows
             assert not {"g1", "g2", "g3", "g4"} & result_ids(out) or delivery == "at-least-once"
             deadline = time.monotonic() + 20
@@ -108,16 +84,14 @@ def test_an_unwritable_dead_letter_topic_pauses_only_that_partition_until_it_wor
             code, body = w.get("/readyz")
             assert code == 503 and "publish_blocked" in body and s.dlq_topic in body, body
             assert w.metric("sentistream_publish_blocked_total") >= 1
-            admin = KafkaAdminClient(bootstrap_servers=b)
-            offsets = committed_offsets(admin, s.group_id, s.input_topic)
-            admin.close()
+            offsets = kafka.committed(s.group_id, s.input_topic)
             assert offsets.get(0, 0) <= 1, "committed past the stuck record"
         finally:
-            allow_writes(b, s.dlq_topic)
-        dlq = collect(b, [s.dlq_topic], 1, timeout=60)
-        out = collect(b, [s.output_topic], 0, until=lambda got: {"g0", "g1", "g4", "g109"} <= result_ids(got))
+            kafka.allow_writes(s.dlq_topic)
+        dlq = kafka.collect([s.dlq_topic], 1, timeout=60)
+        out = kafka.collect([s.output_topic], 0, until=lambda got: {"g0", "g1", "g4", "g109"} <= result_ids(got))
         assert [reason_of(r) for r in dlq] == ["invalid_json"]
-        assert wait_committed_to_end(b, s.group_id, s.input_topic) == {0: 0, 1: 0}
+        assert kafka.wait_committed_to_end(s.group_id, s.input_topic) == {0: 0, 1: 0}
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and w.get("/readyz")[0] != 200:
             time.sleep(0.3)
@@ -156,10 +130,9 @@ def source_of(record) -> tuple[int, int]:
     return source["partition"], source["offset"]
 
 
-def test_a_hostile_stream_loses_no_good_record_and_stops_no_partition(topics, tmp_path) -> None:
+def test_a_hostile_stream_loses_no_good_record_and_stops_no_partition(kafka, topics, tmp_path) -> None:
     n = 10_000
     s = topics(partitions=4)
-    b = s.bootstrap_servers
     rng = random.Random(7)
     bad = hostile(rng, n)
     good_records = [ForeignRecord(good(i), partition=rng.randrange(4)) for i in range(n)]
@@ -167,18 +140,18 @@ def test_a_hostile_stream_loses_no_good_record_and_stops_no_partition(topics, tm
     w = WorkerProcess(s, ["--split-sentences"]).start(tmp_path)
     try:
         started = time.monotonic()
-        foreign_produce(b, s.input_topic, mixed)
+        kafka.produce_foreign(s.input_topic, mixed)
         for p in range(4):  # plus records kafka-python cannot parse at all
-            kcat_produce(b, s.input_topic, p, b"unreadable", [b"\xff=v"])
-        reader = KafkaConsumer(bootstrap_servers=b, group_id=None)
+            kafka.produce_kcat(s.input_topic, p, b"unreadable", [b"\xff=v"])
+        reader = kafka.consumer(isolation_level="read_uncommitted")
         ends = reader.end_offsets([TopicPartition(s.input_topic, p) for p in range(4)])
         reader.close()
         every_input = {(tp.partition, o) for tp, end in ends.items() for o in range(end)}
         w.wait_ready()
-        got = collect(b, [s.output_topic, s.dlq_topic], 0, timeout=600,
-                      until=lambda got: every_input <= {source_of(r) for r in got})
+        got = kafka.collect([s.output_topic, s.dlq_topic], 0, timeout=600,
+                            until=lambda got: every_input <= {source_of(r) for r in got})
         elapsed = time.monotonic() - started
-        assert wait_committed_to_end(b, s.group_id, s.input_topic, timeout=120) == {0: 0, 1: 0, 2: 0, 3: 0}
+        assert kafka.wait_committed_to_end(s.group_id, s.input_topic, timeout=120) == {0: 0, 1: 0, 2: 0, 3: 0}
         assert w.proc.poll() is None, w.log()
     finally:
         assert w.stop() == 0, w.log()

@@ -297,14 +297,13 @@ def retrying(call, timeout: float = 30.0):
 
 
 @pytest.mark.kafka
-def test_the_lag_monitor_reads_end_and_committed_offsets(topics) -> None:
+def test_the_lag_monitor_reads_end_and_committed_offsets(kafka, topics) -> None:
     from kafka import OffsetAndMetadata, TopicPartition
 
     from sentistream.worker import kafka_clients
-    from tests.workers import produce
 
     s = topics()
-    produce(s.bootstrap_servers, s.input_topic, [(b"k", b"x")] * 3)  # one key: one partition
+    kafka.produce(s.input_topic, [(b"k", b"x")] * 3)  # one key: one partition
     admin = kafka_clients.admin(s, s.bootstrap_servers)
     parts = kafka_clients.consumer(s, s.bootstrap_servers, group_id=None)
     end = parts.end_offsets([TopicPartition(s.input_topic, p) for p in range(s.partitions)])
@@ -324,8 +323,8 @@ def test_the_lag_monitor_reads_end_and_committed_offsets(topics) -> None:
 
 
 @pytest.mark.kafka
-def test_supervisor_readiness_names_a_killed_worker_and_lag_counts_while_workers_are_down(topics, tmp_path) -> None:
-    from tests.workers import WorkerProcess, json_items, produce
+def test_supervisor_readiness_names_a_killed_worker_and_lag_counts_while_workers_are_down(kafka, topics, tmp_path) -> None:
+    from tests.workers import WorkerProcess, json_items
 
     s = topics()
     w = WorkerProcess(s, ["--processes", "2"]).start(tmp_path)
@@ -349,7 +348,7 @@ def test_supervisor_readiness_names_a_killed_worker_and_lag_counts_while_workers
         for pid in children.values():
             os.kill(int(pid), signal.SIGSTOP)
             stopped.append(int(pid))
-        produce(s.bootstrap_servers, s.input_topic, json_items(40, keys=8))
+        kafka.produce(s.input_topic, json_items(40, keys=8))
         deadline = time.monotonic() + 15
         while w.metric("sentistream_consumer_lag") < 40 and time.monotonic() < deadline:
             time.sleep(0.3)

@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from sentistream.cli.local_kafka import free_port
+from tests.cluster import KafkaCluster
 from tests.test_deploy import DEPLOY, tool
-from tests.workers import REPO, WorkerProcess, json_items, produce
+from tests.workers import REPO, WorkerProcess, json_items
 
 pytestmark = pytest.mark.kafka
 
@@ -39,11 +40,11 @@ def live_worker(topics, tmp_path: Path) -> Iterator[WorkerProcess]:
         assert w.stop() == 0, w.log()
 
 
-def send_wave(w: WorkerProcess, prefix: str, n: int = 60) -> None:
+def send_wave(kafka: KafkaCluster, w: WorkerProcess, prefix: str, n: int = 60) -> None:
     """n sentences and three bad records; returns when the worker has consumed them all."""
     s = w.settings
     before = w.metric("sentistream_messages_consumed_total")
-    produce(s.bootstrap_servers, s.input_topic, json_items(n, prefix=prefix) + BAD)
+    kafka.produce(s.input_topic, json_items(n, prefix=prefix) + BAD)
     deadline = time.monotonic() + 60
     while w.metric("sentistream_messages_consumed_total") < before + n + len(BAD):
         assert time.monotonic() < deadline, f"worker did not consume wave {prefix}:\n{w.log()}"
@@ -94,13 +95,14 @@ def eventually(url: str, expr: str, timeout: float = 15) -> list[float]:
     return values
 
 
-def test_every_dashboard_panel_and_recording_rule_has_data(live_worker: WorkerProcess, tmp_path: Path) -> None:
+def test_every_dashboard_panel_and_recording_rule_has_data(kafka: KafkaCluster, live_worker: WorkerProcess,
+                                                            tmp_path: Path) -> None:
     with prometheus([f"127.0.0.1:{live_worker.port}"], tmp_path) as prom:
         assert eventually(prom, 'up{job="sentistream"} == 1'), "Prometheus never scraped the worker"
         # two waves, scrapes between them: every counter series exists before it increases
-        send_wave(live_worker, "a")
+        send_wave(kafka, live_worker, "a")
         time.sleep(3)
-        send_wave(live_worker, "b")
+        send_wave(kafka, live_worker, "b")
         time.sleep(3)
 
         dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sentistream.json").read_text())
@@ -124,7 +126,7 @@ def _tmux(socket: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([tool("tmux"), "-L", socket, *args], capture_output=True, text=True, timeout=10)
 
 
-def test_top_shows_a_live_worker_and_an_unreachable_one_and_quits_on_q(live_worker: WorkerProcess,
+def test_top_shows_a_live_worker_and_an_unreachable_one_and_quits_on_q(kafka: KafkaCluster, live_worker: WorkerProcess,
                                                                        tmp_path: Path) -> None:
     socket, dead = f"sentistream-{uuid.uuid4().hex[:8]}", free_port()
     rc_file = tmp_path / "rc"
@@ -139,7 +141,7 @@ def test_top_shows_a_live_worker_and_an_unreachable_one_and_quits_on_q(live_work
         busy_rates: list[float] = []
         deadline = time.monotonic() + 30
         s = live_worker.settings
-        produce(s.bootstrap_servers, s.input_topic, json_items(1000, prefix="t"))  # ~10 s of work
+        kafka.produce(s.input_topic, json_items(1000, prefix="t"))  # ~10 s of work
         while time.monotonic() < deadline:
             frame = _tmux(socket, "capture-pane", "-p", "-t", "top").stdout
             frames.append(frame)

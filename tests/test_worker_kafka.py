@@ -8,9 +8,10 @@ import time
 from collections import defaultdict
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
-from tests.workers import WorkerProcess, collect, json_items, produce
+from tests.cluster import KafkaCluster
+from tests.workers import WorkerProcess, json_items
 
 pytestmark = pytest.mark.kafka
 
@@ -19,16 +20,16 @@ def _ids(records) -> list[str]:
     return [json.loads(r.value)["id"] for r in records]
 
 
-def test_every_input_accounted_for_in_order_per_key(topics, tmp_path) -> None:
+def test_every_input_accounted_for_in_order_per_key(kafka, topics, tmp_path) -> None:
     s = topics()
     items = json_items(300, keys=6)
     bad = [(b"bad", b"\xff\xfe"), (b"bad", b"{nope"), (b"bad", b'{"id": "x"}'), (b"bad", b'{"text": ""}')]
-    produce(s.bootstrap_servers, s.input_topic, items + bad, headers=[("trace", b"t-1")])
+    kafka.produce(s.input_topic, items + bad, headers=[("trace", b"t-1")])
     w = WorkerProcess(s).start(tmp_path)
     try:
         w.wait_ready()
-        out = collect(s.bootstrap_servers, [s.output_topic], 300)
-        dlq = collect(s.bootstrap_servers, [s.dlq_topic], 4)
+        out = kafka.collect([s.output_topic], 300)
+        dlq = kafka.collect([s.dlq_topic], 4)
         assert sorted(_ids(out)) == sorted(f"m{i}" for i in range(300))
         by_key = defaultdict(list)
         for r in sorted(out, key=lambda r: (r.partition, r.offset)):
@@ -53,15 +54,15 @@ def test_every_input_accounted_for_in_order_per_key(topics, tmp_path) -> None:
         assert w.stop() == 0, w.log()
 
 
-def test_oversized_and_megabyte_records_go_to_the_dead_letter_topic(topics, tmp_path) -> None:
+def test_oversized_and_megabyte_records_go_to_the_dead_letter_topic(kafka, topics, tmp_path) -> None:
     s = topics()
     big = b"a" * 1_000_000
-    produce(s.bootstrap_servers, s.input_topic, [(b"k", b"x" * 70_000), (b"k", big), (b"k", b"fine text")])
+    kafka.produce(s.input_topic, [(b"k", b"x" * 70_000), (b"k", big), (b"k", b"fine text")])
     w = WorkerProcess(s).start(tmp_path)
     try:
         w.wait_ready()
-        dlq = collect(s.bootstrap_servers, [s.dlq_topic], 2)
-        out = collect(s.bootstrap_servers, [s.output_topic], 1)
+        dlq = kafka.collect([s.dlq_topic], 2)
+        out = kafka.collect([s.output_topic], 1)
     finally:
         assert w.stop() == 0, w.log()
     assert [dict(r.headers)["sentistream-dlq-reason"] for r in dlq] == [b"too_large", b"too_large"]
@@ -70,14 +71,14 @@ def test_oversized_and_megabyte_records_go_to_the_dead_letter_topic(topics, tmp_
     assert _ids(out) == [f"{s.input_topic}/{out[0].partition}/2"]
 
 
-def test_sentence_splitting_publishes_one_result_per_sentence(topics, tmp_path) -> None:
+def test_sentence_splitting_publishes_one_result_per_sentence(kafka, topics, tmp_path) -> None:
     s = topics()
     review = json.dumps({"id": "rev1", "text": "Great cast. Dull plot! Would I watch it again? No."})
-    produce(s.bootstrap_servers, s.input_topic, [(b"rev1", review.encode())])
+    kafka.produce(s.input_topic, [(b"rev1", review.encode())])
     w = WorkerProcess(s, ["--split-sentences"]).start(tmp_path)
     try:
         w.wait_ready()
-        out = [json.loads(r.value) for r in collect(s.bootstrap_servers, [s.output_topic], 4)]
+        out = [json.loads(r.value) for r in kafka.collect([s.output_topic], 4)]
     finally:
         assert w.stop() == 0, w.log()
     assert [(o["doc_id"], o["sentence_index"], o["text"]) for o in out] == [
@@ -86,11 +87,10 @@ def test_sentence_splitting_publishes_one_result_per_sentence(topics, tmp_path) 
     ]
 
 
-def _kill_repeatedly(s, tmp_path, args, kills: int, n: int) -> None:
+def _kill_repeatedly(kafka: KafkaCluster, s, tmp_path, args, kills: int, n: int) -> WorkerProcess:
     """Start a worker, SIGKILL it once output is flowing, ``kills`` times; then let one finish."""
-    produce(s.bootstrap_servers, s.input_topic, json_items(n, keys=8))
-    probe = KafkaConsumer(s.output_topic, bootstrap_servers=s.bootstrap_servers,
-                          auto_offset_reset="earliest", group_id=None, isolation_level="read_uncommitted")
+    kafka.produce(s.input_topic, json_items(n, keys=8))
+    probe = kafka.consumer(s.output_topic, isolation_level="read_uncommitted")
     seen = 0
     for _ in range(kills):
         w = WorkerProcess(s, args).start(tmp_path)
@@ -106,69 +106,68 @@ def _kill_repeatedly(s, tmp_path, args, kills: int, n: int) -> None:
     return last
 
 
-def test_sigkill_loses_nothing_at_least_once(topics, tmp_path) -> None:
+def test_sigkill_loses_nothing_at_least_once(kafka, topics, tmp_path) -> None:
     s = topics()
     n = 1500
-    last = _kill_repeatedly(s, tmp_path, ["--batch-size", "16"], kills=3, n=n)
+    last = _kill_repeatedly(kafka, s, tmp_path, ["--batch-size", "16"], kills=3, n=n)
     try:
         expected = {f"m{i}" for i in range(n)}
-        out = collect(s.bootstrap_servers, [s.output_topic], n, timeout=120,
-                      until=lambda got: set(_ids(got)) >= expected)
+        out = kafka.collect([s.output_topic], n, timeout=120,
+                            until=lambda got: set(_ids(got)) >= expected)
         assert set(_ids(out)) == expected
     finally:
         assert last.stop() == 0, last.log()
 
 
-def test_sigkill_exactly_once_read_committed_sees_each_id_once(topics, tmp_path) -> None:
+def test_sigkill_exactly_once_read_committed_sees_each_id_once(kafka, topics, tmp_path) -> None:
     s = topics()
     n = 1500
-    last = _kill_repeatedly(s, tmp_path, ["--batch-size", "16", "--delivery", "exactly-once"], kills=3, n=n)
+    last = _kill_repeatedly(kafka, s, tmp_path, ["--batch-size", "16", "--delivery", "exactly-once"], kills=3, n=n)
     try:
-        out = collect(s.bootstrap_servers, [s.output_topic], n, timeout=120)
+        out = kafka.collect([s.output_topic], n, timeout=120)
         ids = _ids(out)
         assert len(ids) == n and set(ids) == {f"m{i}" for i in range(n)}
     finally:
         assert last.stop() == 0, last.log()
 
 
-def test_two_workers_one_stops_partitions_move_nothing_lost(topics, tmp_path) -> None:
+def test_two_workers_one_stops_partitions_move_nothing_lost(kafka, topics, tmp_path) -> None:
     s = topics()
     a = WorkerProcess(s).start(tmp_path, "a")
     b = WorkerProcess(s).start(tmp_path, "b")
     a.wait_ready()
     b.wait_ready()
-    produce(s.bootstrap_servers, s.input_topic, json_items(400, keys=8, prefix="x"))
+    kafka.produce(s.input_topic, json_items(400, keys=8, prefix="x"))
     time.sleep(1)
     assert a.stop() == 0, a.log()  # its partitions move to b
-    produce(s.bootstrap_servers, s.input_topic, json_items(400, keys=8, prefix="y"))
+    kafka.produce(s.input_topic, json_items(400, keys=8, prefix="y"))
     try:
         expected = {f"x{i}" for i in range(400)} | {f"y{i}" for i in range(400)}
-        out = collect(s.bootstrap_servers, [s.output_topic], 800, timeout=120,
-                      until=lambda got: set(_ids(got)) >= expected)
+        out = kafka.collect([s.output_topic], 800, timeout=120,
+                            until=lambda got: set(_ids(got)) >= expected)
         assert expected <= set(_ids(out))
         assert b.metric("sentistream_assigned_partitions") == 4
     finally:
         assert b.stop() == 0, b.log()
 
 
-def test_sigterm_mid_batch_publishes_commits_and_exits_cleanly(topics, tmp_path) -> None:
+def test_sigterm_mid_batch_publishes_commits_and_exits_cleanly(kafka, topics, tmp_path) -> None:
     s = topics(partitions=2)
-    produce(s.bootstrap_servers, s.input_topic, json_items(3000, keys=4))
+    kafka.produce(s.input_topic, json_items(3000, keys=4))
     w = WorkerProcess(s, ["--batch-size", "64", "--max-wait-ms", "500"]).start(tmp_path)
     w.wait_ready()
-    probe = KafkaConsumer(s.output_topic, bootstrap_servers=s.bootstrap_servers,
-                          auto_offset_reset="earliest", group_id=None)
+    probe = kafka.consumer(s.output_topic, isolation_level="read_uncommitted")
     deadline = time.monotonic() + 60
     while not probe.poll(timeout_ms=50) and time.monotonic() < deadline:
         pass
     probe.close()
     assert w.stop(signal.SIGTERM) == 0, w.log()
-    out = collect(s.bootstrap_servers, [s.output_topic], 1, timeout=10)
+    out = kafka.collect([s.output_topic], 1, timeout=10)
     done = defaultdict(set)
     for r in out:
         src = json.loads(r.value)["source"]
         done[src["partition"]].add(src["offset"])
-    checker = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=s.group_id)
+    checker = kafka.consumer(group_id=s.group_id)
     for p in range(2):
         committed = checker.committed(TopicPartition(s.input_topic, p)) or 0
         # everything below the committed offset was published, and nothing beyond it
@@ -193,7 +192,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_supervisor_restarts_a_killed_child_and_one_scrape_sees_all(topics, tmp_path) -> None:
+def test_supervisor_restarts_a_killed_child_and_one_scrape_sees_all(kafka, topics, tmp_path) -> None:
     import os
 
     s = topics()
@@ -210,8 +209,8 @@ def test_supervisor_restarts_a_killed_child_and_one_scrape_sees_all(topics, tmp_
         while time.monotonic() < deadline and (victim in _children(w.proc.pid) or len(_children(w.proc.pid)) < 2):
             time.sleep(0.3)
         assert len(_children(w.proc.pid)) == 2 and victim not in _children(w.proc.pid)
-        produce(s.bootstrap_servers, s.input_topic, json_items(200, keys=8))
-        out = collect(s.bootstrap_servers, [s.output_topic], 200)
+        kafka.produce(s.input_topic, json_items(200, keys=8))
+        out = kafka.collect([s.output_topic], 200)
         assert {f"m{i}" for i in range(200)} <= set(_ids(out))
         assert "restarting" in w.log()
     finally:
