@@ -47,16 +47,17 @@ class ClusterState:
     controller_ports: list[int]
     kafka_version: str
     acls: bool = False
+    host: str = "127.0.0.1"  # where clients reach the nodes (the controllers stay on loopback)
 
     def node_bootstrap(self, index: int) -> str:
-        return f"127.0.0.1:{self.ports[index]}"
+        return f"{self.host}:{self.ports[index]}"
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -160,24 +161,27 @@ class LocalCluster:
         return "(no log yet)"
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0, acls: bool = False) -> ClusterState:
+    def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0, acls: bool = False,
+           host: str = "127.0.0.1") -> ClusterState:
         """Format and start ``nodes`` nodes. ``acls``: brokers enforce ACLs (none at first, so
-        everyone may do everything until a test adds one; see :func:`acl_properties`)."""
+        everyone may do everything until a test adds one; see :func:`acl_properties`). ``host``:
+        the address clients reach the nodes at (an address of this machine; tests that put
+        workers in network namespaces use a bridge's)."""
         running = self.state()
         if running is not None:
             raise BrokerError(f"a local broker is already running at {running.bootstrap}")
         ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
         controller_ports = [free_port() for _ in range(nodes)]
         for p in ports:
-            if not _port_free(p):
+            if not _port_free(p, host):
                 raise BrokerError(f"port {p} is taken: stop what uses it or pass --port")
         java = _java()
         libs = provision_jars(self.home)
-        self._format(java, libs, nodes, ports, controller_ports, acls)
+        self._format(java, libs, nodes, ports, controller_ports, acls, host)
         pids = [self._start_node(java, libs, i) for i in range(nodes)]
         state = ClusterState(
-            bootstrap=",".join(f"127.0.0.1:{p}" for p in ports), nodes=nodes, pids=pids,
-            ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION, acls=acls,
+            bootstrap=",".join(f"{host}:{p}" for p in ports), nodes=nodes, pids=pids,
+            ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION, acls=acls, host=host,
         )
         self._save(state)
         try:
@@ -269,7 +273,7 @@ class LocalCluster:
         self.state_file.write_text(json.dumps(asdict(state)))
 
     def _format(self, java: str, libs: Path, nodes: int, ports: list[int],
-                controller_ports: list[int], acls: bool) -> None:
+                controller_ports: list[int], acls: bool, host: str) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -282,8 +286,8 @@ class LocalCluster:
                 "process.roles": "broker,controller",
                 "node.id": i + 1,
                 "controller.quorum.voters": voters,
-                "listeners": f"PLAINTEXT://127.0.0.1:{ports[i]},CONTROLLER://127.0.0.1:{controller_ports[i]}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports[i]}",
+                "listeners": f"PLAINTEXT://{host}:{ports[i]},CONTROLLER://127.0.0.1:{controller_ports[i]}",
+                "advertised.listeners": f"PLAINTEXT://{host}:{ports[i]}",
                 "controller.listener.names": "CONTROLLER",
                 "inter.broker.listener.name": "PLAINTEXT",
                 "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
