@@ -324,6 +324,14 @@ class AtLeastOnce(_Delivery):
             self.pending.pop(tp, None)
         self._forget(tps)
 
+    def lose(self, tps: set[TopicPartition]) -> None:
+        """The partitions were taken away (this member was expelled): forget them, commit
+        nothing. Sends still in flight may land: their records come again from the new owner
+        (duplicates, which at-least-once allows)."""
+        for tp in tps:
+            self.pending.pop(tp, None)
+        self._forget(tps)
+
     def close(self, timeout: float = 30.0) -> None:
         deadline = self.clock() + timeout
         while self.in_flight() and self.clock() < deadline:
@@ -401,6 +409,9 @@ class ExactlyOnce(_Delivery):
 
     def revoke(self, tps: set[TopicPartition]) -> None:
         self._forget(tps)  # nothing is in flight between transactions
+
+    def lose(self, tps: set[TopicPartition]) -> None:
+        self._forget(tps)
 
     def close(self, timeout: float = 30.0) -> None:
         pass

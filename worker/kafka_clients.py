@@ -11,11 +11,18 @@ import logging
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# settings.rebalance -> the group's assignors (eager: kafka-python's default pair)
+ASSIGNORS = {"cooperative": (CooperativeStickyAssignor,),
+             "eager": (RangePartitionAssignor, RoundRobinPartitionAssignor)}
 
 # Large enough for any input record plus our dead-letter headers.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -64,6 +71,7 @@ def consumer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaConsu
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 2_000,
         "max_poll_interval_ms": 300_000,
+        "partition_assignment_strategy": ASSIGNORS[settings.rebalance],
     }
     cfg.update(overrides)
     return KafkaConsumer(**cfg)

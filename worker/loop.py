@@ -46,6 +46,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned) -> None:
         self.worker.on_assigned(set(assigned))
 
+    def on_partitions_lost(self, lost) -> None:
+        self.worker.on_lost(set(lost))
+
 
 class Worker:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, process_index: int = 0,
@@ -180,8 +183,23 @@ class Worker:
         self.metrics.assigned.set(len(self.assignment))
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
+    def on_lost(self, lost: set[TopicPartition]) -> None:
+        """The group expelled this member (its session expired: a cut-off network, a long
+        pause): the partitions already belong to others, so nothing is committed for them."""
+        self._rewound(lost)
+        self.delivery.lose(lost)
+        self.assignment -= lost
+        if self.report_lag:
+            for tp in lost:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
+        self.metrics.assigned.set(len(self.assignment))
+        log.warning("partitions lost (this member was expelled from the group): %s",
+                    sorted((tp.topic, tp.partition) for tp in lost))
+
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.assignment = assigned
+        # eager: the whole new assignment (everything was revoked first); cooperative: only the
+        # partitions added to what this member keeps
+        self.assignment |= assigned
         self.metrics.assigned.set(len(self.assignment))
         self.health.clear(STARTING)
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))

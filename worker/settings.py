@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
+Rebalance = Literal["cooperative", "eager"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     # Delivery and flow control
     delivery: DeliveryMode = "at-least-once"
     max_in_flight_batches: int = Field(default=4, ge=1)
+    rebalance: Rebalance = Field(default="cooperative", description="cooperative: a rebalance moves only the "
+                                 "partitions that change owner, the others keep flowing (KIP-429); eager: every "
+                                 "member stops and gives everything back. One group must use one kind")
     transactional_id: str | None = Field(
         default=None, description="exactly-once: stable id per process (default: derived)"
     )
