@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from sentistream.worker.settings import Settings
 from tests.cluster import KafkaCluster
@@ -155,8 +156,9 @@ class Keeper:
     own is started again; one that fails LIVENESS_FAILURES ``/healthz`` probes in a row is
     SIGKILLed and started again. Each restart is noted with why."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, probe: bool = True) -> None:
         self.log_dir = log_dir
+        self.probe = probe  # False: no liveness probes (a probe from here cannot cross a cut link)
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts: list[tuple[str, str]] = []  # (worker, "exit 1" | "liveness")
         self._logs: dict[str, list[Path]] = {}
@@ -168,8 +170,9 @@ class Keeper:
         self._thread = threading.Thread(target=self._run, name="keeper", daemon=True)
         self._thread.start()
 
-    def start(self, name: str, s: Settings, args: list[str], env: dict[str, str]) -> WorkerProcess:
-        w = WorkerProcess(s, args, env=env)
+    def start(self, name: str, s: Settings, args: list[str], env: dict[str, str], **where: Any) -> WorkerProcess:
+        """Start worker ``name``; ``where``: :class:`WorkerProcess`'s ``prefix`` and ``host``."""
+        w = WorkerProcess(s, args, env=env, **where)
         with self._lock:
             self.workers[name] = w
             self._launch(name)
@@ -219,7 +222,7 @@ class Keeper:
                     if code is not None:
                         self.restarts.append((name, f"exit {code}"))
                         self._launch(name)
-                    elif self._probe_failed(name, w) >= LIVENESS_FAILURES:
+                    elif self.probe and self._probe_failed(name, w) >= LIVENESS_FAILURES:
                         w.kill()
                         self.restarts.append((name, "liveness"))
                         self._launch(name)
@@ -292,14 +295,16 @@ class Stream:
     mode: str
     keeper: Keeper
     transactional_id: str  # the worker appends "-<process index>"
+    worker_args: tuple[str, ...] = ()  # flags every worker of the stream gets
     feeder: Feeder | None = None
     monitor: Monitor | None = None
     started: float = 0.0
 
-    def worker(self, name: str, *args: str) -> WorkerProcess:
+    def worker(self, name: str, *args: str, **where: Any) -> WorkerProcess:
         base = self.transactional_id if name == "w" else f"{self.transactional_id}-{name}"
         env = {"SENTISTREAM_TRANSACTIONAL_ID": base}
-        w = self.keeper.start(name, self.settings, ["--delivery", self.mode, *args], env)
+        w = self.keeper.start(name, self.settings, ["--delivery", self.mode, *self.worker_args, *args], env,
+                              **where)
         w.wait_ready(timeout=90)
         return w
 

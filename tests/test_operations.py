@@ -2,11 +2,12 @@
 in, and roll every worker (a new version), in both delivery modes at once.
 
 Each worker is its own ``sentistream worker`` process (one pod each), in one consumer group, with
-the group's default rebalance protocol (cooperative: a rebalance moves only the partitions that
-change owner). Workers are added as a Deployment scales out (start, wait until ready), removed as
-it scales in (SIGTERM, then the process finishes its work and leaves), and rolled as a Deployment
-with maxSurge 1 / maxUnavailable 0 rolls: the replacement is started and ready before the old
-pod gets SIGTERM. Replacements are new pods: new names, new transactional ids.
+the default rebalance protocol (cooperative: a rebalance moves only the partitions that change
+owner); scaling runs with eager rebalancing too. Workers are added as a Deployment scales out
+(start, wait until ready), removed as it scales in (SIGTERM, then the process finishes its work
+and leaves), and rolled as a Deployment with maxSurge 1 / maxUnavailable 0 rolls: the
+replacement is started and ready before the old pod gets SIGTERM.
+Replacements are new pods: new names, new transactional ids.
 
 Every acknowledged input id must come out (output or dead-letter topic, read_committed): lost 0;
 duplicates 0 under exactly-once and at most :func:`tests.streams.at_least_once_bound` under
@@ -36,16 +37,16 @@ SETTLE_S = 4.0  # records keep flowing this long between two steps
 
 @pytest.fixture
 def streams(kafka: KafkaCluster, topics, unique: str, tmp_path: Path) -> Iterator[Callable[[], list[Stream]]]:
-    """``make()``: one stream per delivery mode, each with its own topics (8 partitions), group
-    and one running worker ``w``, fed at RATE and flowing."""
+    """``make(rebalance)``: one stream per delivery mode, each with its own topics (8
+    partitions), group and one running worker ``w``, fed at RATE and flowing."""
     made: list[Stream] = []
 
-    def make() -> list[Stream]:
+    def make(rebalance: str = "cooperative") -> list[Stream]:
         for mode in MODES:
             tag = f"{'alo' if mode == 'at-least-once' else 'eos'}-{unique}"
             s = topics(partitions=PARTITIONS, group_id=f"g-{tag}", input_topic=f"in-{tag}",
                        output_topic=f"out-{tag}", dlq_topic=f"dlq-{tag}")
-            made.append(Stream(kafka, s, mode, Keeper(tmp_path), f"tx-{tag}"))
+            made.append(Stream(kafka, s, mode, Keeper(tmp_path), f"tx-{tag}", worker_args=("--rebalance", rebalance)))
         for st in made:
             st.worker("w")
         for st in made:
@@ -77,9 +78,12 @@ def _owned(st: Stream, name: str) -> int:
     return -1
 
 
-def test_scale_out_to_four_and_back_to_one(streams) -> None:
-    batch = streams()
-    scenario = "scale 1 -> 4 -> 1 worker processes"
+@pytest.mark.parametrize("rebalance", ["cooperative", "eager"])
+def test_scale_out_to_four_and_back_to_one(streams, rebalance: str) -> None:
+    """Eager too: a rebalance hands a member's partitions back with kafka-python's fetch position
+    kept, past the records the worker dropped on revoke (it seeks back; records were lost before)."""
+    batch = streams(rebalance)
+    scenario = f"scale 1 -> 4 -> 1 worker processes ({rebalance} rebalancing)"
     figures = {st.mode: Figures(scenario, st.mode, fault=False) for st in batch}
     exits: dict[str, list[int]] = {}
     added = ("b", "c", "d")

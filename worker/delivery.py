@@ -312,17 +312,20 @@ class AtLeastOnce(_Delivery):
             self._commit(advanced, blocking)
         return rewound
 
-    def revoke(self, tps: set[TopicPartition]) -> None:
+    def revoke(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Partitions are leaving: commit their acknowledged prefix (sends in flight get a
-        bounded wait); their new owner re-reads the rest."""
+        bounded wait); their new owner re-reads the rest. Returns, per partition, the first
+        offset not committed here (where reading must resume)."""
         try:
             self.producer.flush(timeout=30)
         except kerr.KafkaError as exc:  # the broker is gone: commit what is acknowledged, no more
             log.warning("sends still in flight at revoke: %s", _one_line(exc))
         self.checkpoint(blocking=False, only=tps, replace=False)
+        unfinished = {tp: self.pending[tp][0].offset for tp in tps if self.pending.get(tp)}
         for tp in tps:
             self.pending.pop(tp, None)
         self._forget(tps)
+        return unfinished
 
     def lose(self, tps: set[TopicPartition]) -> None:
         """The partitions were taken away (this member was expelled): forget them, commit
@@ -407,8 +410,9 @@ class ExactlyOnce(_Delivery):
         self._resume_due()  # every piece of work is committed or rewound in deliver()
         return set()
 
-    def revoke(self, tps: set[TopicPartition]) -> None:
+    def revoke(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
         self._forget(tps)  # nothing is in flight between transactions
+        return {}
 
     def lose(self, tps: set[TopicPartition]) -> None:
         self._forget(tps)

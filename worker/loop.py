@@ -174,8 +174,18 @@ class Worker:
 
     # -- rebalance -----------------------------------------------------------------------------
     def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        held = {}
+        for d in self.collector.items:  # read, not yet processed (the collector keeps offset order)
+            held.setdefault(partition_of(d.record), d.record.offset)
         self._rewound(revoked)  # not produced: their new owner reads them
-        self.delivery.revoke(revoked)
+        unfinished = self.delivery.revoke(revoked)
+        # An eager rebalance may hand a partition straight back, and kafka-python then keeps its
+        # fetch position, past the records dropped here: seek back to the first one not done.
+        for tp in revoked:
+            offsets = [o for o in (held.get(tp), unfinished.get(tp)) if o is not None]
+            if offsets:
+                with contextlib.suppress(Exception):  # not assigned any more: nothing to keep
+                    self.consumer.seek(tp, min(offsets))
         self.assignment -= revoked
         if self.report_lag:
             for tp in revoked:
