@@ -197,6 +197,10 @@ class Keeper:
         if not self._stop.is_set():
             self.stop_all()
 
+    def log_text(self, name: str) -> str:
+        """Everything worker ``name`` logged, every start of it."""
+        return "".join(p.read_text(errors="replace") for p in self._logs.get(name, []) if p.exists())
+
     def logs(self, lines: int = 40) -> str:
         """The workers' own log lines (kafka-python's connection chatter left out)."""
         out = []

@@ -247,3 +247,15 @@ def test_exactly_once_dead_letters_a_record_the_client_refuses_in_the_same_trans
     assert producer.transactions == ["begin", "abort", "begin", "commit"]
     assert producer.offsets[-1] == {P0: 3}
     assert [t for t, _, _ in producer.sent][-3:] == ["out", "dlq", "out"]
+
+
+def test_exactly_once_does_not_retry_work_the_group_took_away() -> None:
+    """A member expelled while its link was cut comes back: the group refuses its offsets. A retry
+    would commit them once it has rejoined, next to the new owner's results: duplicates."""
+    d, consumer, producer, _ = make(ExactlyOnce)
+    producer.commit_error = kerr.CommitFailedError("consumer group metadata mismatch: UnknownMemberIdError")
+    rewound = d.deliver([*handled(0, range(3, 6)), *handled(1, range(7, 9))])
+    assert producer.transactions == ["begin", "abort"]
+    assert rewound == {P0, P1}
+    assert sorted(consumer.seeks) == [(P0, 3), (P1, 7)] and not consumer.paused_tps
+    assert d.committed == {}

@@ -27,6 +27,8 @@ class WorkerProcess:
     port: int = 0
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # more SENTISTREAM_* settings
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "host1"]
+    host: str = "127.0.0.1"  # where its metrics port is reached from here
 
     def start(self, log_dir: Path, name: str = "w") -> WorkerProcess:
         s = self.settings
@@ -34,12 +36,12 @@ class WorkerProcess:
         cmd = worker_command(s, *self.args, metrics_port=self.port)
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SENTISTREAM_HOME": str(s.home), **self.env}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log_path.open("wb"),
+        self.proc = subprocess.Popen([*self.prefix, *cmd], cwd=REPO, env=env, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT)
         return self
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
         try:

@@ -48,6 +48,10 @@ BROKER_RECORD_ERRORS = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeEr
 # This producer may not go on (another instance took its transactional id, or worse).
 FATAL_ERRORS = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError,
                 kerr.TransactionalIdAuthorizationFailedError, kerr.TransactionCoordinatorFencedError)
+# The group no longer knows this member as it was (expelled after a network cut, or rebalancing):
+# the work's partitions may belong to another member already.
+MEMBERSHIP_ERRORS = (kerr.CommitFailedError, kerr.UnknownMemberIdError, kerr.IllegalGenerationError,
+                     kerr.FencedInstanceIdError, kerr.RebalanceInProgressError)
 MAX_TRANSACTION_ATTEMPTS = 4
 # kafka-python waits for transaction calls without a limit, and can lose such a request when a
 # coordinator connection drops (the call then never returns): the worker gives up after this long
@@ -388,6 +392,10 @@ class ExactlyOnce(_Delivery):
                 bounded(self.producer.commit_transaction)
             except kerr.KafkaError as exc:
                 self._abort(exc)
+                if isinstance(exc, MEMBERSHIP_ERRORS):
+                    rewound |= self._give_back(work, exc)
+                    work = []
+                    break
                 work = self._after_abort(work, sent, exc, rewound)
                 continue
             now = time.time()
@@ -428,6 +436,18 @@ class ExactlyOnce(_Delivery):
         except kerr.KafkaError as abort_exc:
             raise DeliveryFailed(f"transaction failed ({_one_line(exc)}) and could not be aborted: "
                                  f"{_one_line(abort_exc)}") from abort_exc
+
+    def _give_back(self, work: list[Handled], exc: BaseException) -> set[TopicPartition]:
+        """The aborted work is not retried: its partitions may have a new owner, who reads the
+        records again (retrying here would publish them twice, in a transaction the group then
+        accepts once this member has rejoined). Seek back in case they stay ours."""
+        firsts = _first_offsets(work)
+        for tp, first in firsts.items():
+            with contextlib.suppress(Exception):  # no longer assigned: nothing to seek
+                self.consumer.seek(tp, first)
+        log.warning("transaction aborted: %s; partitions %s are left to the group's current owners",
+                    _one_line(exc), sorted((tp.topic, tp.partition) for tp in firsts))
+        return set(firsts)
 
     def _after_abort(self, work: list[Handled], sent: list[tuple[Handled, Outgoing, Any]],
                      exc: BaseException, rewound: set[TopicPartition]) -> list[Handled]:
