@@ -2,12 +2,11 @@
 in, and roll every worker (a new version), in both delivery modes at once.
 
 Each worker is its own ``sentistream worker`` process (one pod each), in one consumer group, with
-the default rebalance protocol (cooperative: a rebalance moves only the partitions that change
-owner); scaling runs with eager rebalancing too. Workers are added as a Deployment scales out
-(start, wait until ready), removed as it scales in (SIGTERM, then the process finishes its work
-and leaves), and rolled as a Deployment with maxSurge 1 / maxUnavailable 0 rolls: the
-replacement is started and ready before the old pod gets SIGTERM.
-Replacements are new pods: new names, new transactional ids.
+the default rebalance protocol (eager); scaling runs with cooperative rebalancing (KIP-429) too.
+Workers are added as a Deployment scales out (start, wait until ready), removed as it scales in
+(SIGTERM, then the process finishes its work and leaves), and rolled as a Deployment with
+maxSurge 1 / maxUnavailable 0 rolls: the replacement is started and ready before the old pod
+gets SIGTERM. Replacements are new pods: new names, new transactional ids.
 
 Every acknowledged input id must come out (output or dead-letter topic, read_committed): lost 0;
 duplicates 0 under exactly-once and at most :func:`tests.streams.at_least_once_bound` under
@@ -41,7 +40,7 @@ def streams(kafka: KafkaCluster, topics, unique: str, tmp_path: Path) -> Iterato
     partitions), group and one running worker ``w``, fed at RATE and flowing."""
     made: list[Stream] = []
 
-    def make(rebalance: str = "cooperative") -> list[Stream]:
+    def make(rebalance: str = "eager") -> list[Stream]:
         for mode in MODES:
             tag = f"{'alo' if mode == 'at-least-once' else 'eos'}-{unique}"
             s = topics(partitions=PARTITIONS, group_id=f"g-{tag}", input_topic=f"in-{tag}",
@@ -80,8 +79,9 @@ def _owned(st: Stream, name: str) -> int:
 
 @pytest.mark.parametrize("rebalance", ["cooperative", "eager"])
 def test_scale_out_to_four_and_back_to_one(streams, rebalance: str) -> None:
-    """Eager too: a rebalance hands a member's partitions back with kafka-python's fetch position
-    kept, past the records the worker dropped on revoke (it seeks back; records were lost before)."""
+    """Eager: a rebalance may hand a member's partitions straight back, with kafka-python's fetch
+    position kept past the records the worker dropped on revoke (it seeks back; before it did,
+    records were lost). Cooperative: only moving partitions are revoked, in two rounds."""
     batch = streams(rebalance)
     scenario = f"scale 1 -> 4 -> 1 worker processes ({rebalance} rebalancing)"
     figures = {st.mode: Figures(scenario, st.mode, fault=False) for st in batch}
