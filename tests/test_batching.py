@@ -1,6 +1,8 @@
 from collections import namedtuple
 
-from sentistream.worker.batching import Collector, length_sorted_batches
+import pytest
+
+from sentistream.worker.batching import Collector, CostModel, LatencyTarget, length_sorted_batches
 
 Rec = namedtuple("Rec", "topic partition offset")
 
@@ -75,3 +77,26 @@ def test_collector_drops_what_it_is_told() -> None:
     c.add([("p0", 1), ("p1", 2), ("p0", 3)])
     c.drop(lambda item: item[0] == "p0")
     assert c.take() == [("p1", 2)]
+
+
+def _learned(fixed: float, per_token: float) -> CostModel:
+    cost = CostModel()
+    for tokens in (10, 20, 40, 80, 160):
+        cost.observe_batch(tokens, fixed + per_token * tokens)
+    return cost
+
+
+def test_the_cost_model_learns_fixed_and_per_token_cost() -> None:
+    fixed, per_token = _learned(0.002, 0.0005).fit()
+    assert fixed == pytest.approx(0.002) and per_token == pytest.approx(0.0005)
+    assert CostModel().seconds([], 32) == 0.0
+
+
+def test_the_latency_target_takes_what_fits_and_a_full_batch_when_late() -> None:
+    cost = _learned(0.001, 0.001)  # 30 characters: 2 + 9 tokens, 11 ms; 1 ms per batch
+    policy = LatencyTarget(0.100, batch_size=32, cost=cost, chars=lambda item: [30], headroom=0.25)
+    items = list(range(40))
+    assert policy.limit(items, oldest_age=0.0) == 6  # 6 × 11 + 1 = 67 ms ≤ 75 ms < 78 ms
+    assert policy.limit(items, oldest_age=0.030) == 4  # 45 ms left
+    assert policy.limit(items, oldest_age=0.070) == 32  # nothing fits: one full batch
+    assert policy.limit(items[:3], oldest_age=0.0) == 3

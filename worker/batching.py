@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,11 +24,14 @@ class Collector:
         self.weight = weight
         self.items: list = []
         self._first_at: float | None = None
+        self._arrived: list[float] = []  # when each held item came in
 
     def add(self, items: Sequence) -> None:
+        now = self.clock()
         if items and self._first_at is None:
-            self._first_at = self.clock()
+            self._first_at = now
         self.items.extend(items)
+        self._arrived.extend([now] * len(items))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -39,6 +43,10 @@ class Collector:
         full = sum(self.weight(i) for i in self.items) >= self.size
         return drained or full or self.clock() - self._first_at >= self.max_wait  # type: ignore[operator]
 
+    def oldest_age(self) -> float:
+        """Seconds the oldest held item has waited here (0 when empty)."""
+        return self.clock() - self._arrived[0] if self._arrived else 0.0
+
     def take(self, limit: int | None = None) -> list:
         """The oldest items, up to ``limit`` in weight (always at least one); the rest wait."""
         count, total = 0, 0
@@ -48,12 +56,14 @@ class Collector:
                 break
             count += 1
         taken, self.items = self.items[:count], self.items[count:]
+        self._arrived = self._arrived[count:]
         self._first_at = self.clock() if self.items else None
         return taken
 
     def drop(self, unwanted: Callable[[Any], bool]) -> None:
         """Forget the items ``unwanted`` picks (their partition was revoked or rewound)."""
-        self.items = [i for i in self.items if not unwanted(i)]
+        kept = [(i, t) for i, t in zip(self.items, self._arrived, strict=True) if not unwanted(i)]
+        self.items, self._arrived = [i for i, _ in kept], [t for _, t in kept]
         if not self.items:
             self._first_at = None
 
@@ -85,3 +95,71 @@ def token_batches(encodings: Sequence, size: int) -> list[list[int]]:
     ≤ ``size`` per batch, token counts within 1. For tools that compare models on the worker's
     batches (export gate, calibration, benchmarks)."""
     return length_sorted_batches(list(range(len(encodings))), size, lambda i: len(encodings[i].ids))
+
+
+class CostModel:
+    """What inference costs on this machine, learned from the batches the worker ran: seconds ≈
+    ``fixed`` + ``per_token`` × padded tokens (least squares over the last ``window`` batches),
+    and how many tokens a character of text makes."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.tokens_per_char = 0.3  # until texts are seen (English WordPiece: ~0.25-0.3)
+
+    def observe_batch(self, padded_tokens: int, seconds: float) -> None:
+        self.samples.append((padded_tokens, seconds))
+
+    def observe_texts(self, chars: int, tokens: int) -> None:
+        if chars > 0:
+            self.tokens_per_char = 0.9 * self.tokens_per_char + 0.1 * tokens / chars
+
+    def fit(self) -> tuple[float, float]:
+        """(fixed seconds per batch, seconds per padded token); (0, 0) before any batch."""
+        n = len(self.samples)
+        if n == 0:
+            return 0.0, 0.0
+        mx = sum(x for x, _ in self.samples) / n
+        my = sum(y for _, y in self.samples) / n
+        var = sum((x - mx) ** 2 for x, _ in self.samples)
+        if n < 4 or var == 0:
+            return 0.0, my / mx if mx else 0.0
+        per_token = max(0.0, sum((x - mx) * (y - my) for x, y in self.samples) / var)
+        return max(0.0, my - per_token * mx), per_token
+
+    def seconds(self, chars: Sequence[int], batch_size: int) -> float:
+        """Estimated inference time of texts of these lengths, cut the worker's way."""
+        if not chars:
+            return 0.0
+        fixed, per_token = self.fit()
+        tokens = [2 + c * self.tokens_per_char for c in chars]  # 2: [CLS] and [SEP]
+        batches = -(-len(chars) // batch_size)
+        return fixed * batches + per_token * sum(tokens)
+
+
+class LatencyTarget:
+    """``--latency-target-ms``: how much of what is held to classify now, so that the oldest held
+    message's result goes out within the target. Takes the oldest items whose estimated cost
+    fits in the time left (less ``headroom`` of the target for publishing and the broker's ack);
+    at least ``batch_size`` when nothing fits (already late: then throughput is what shortens the
+    queue, and one full batch is the cheapest per message)."""
+
+    def __init__(self, target_s: float, batch_size: int, cost: CostModel, chars: Callable[[Any], Sequence[int]],
+                 headroom: float = 0.25) -> None:
+        self.target_s = target_s
+        self.batch_size = batch_size
+        self.cost = cost
+        self.chars = chars  # an item's sentences' lengths in characters
+        self.headroom = headroom
+
+    def limit(self, items: Sequence, oldest_age: float) -> int:
+        """The weight (sentences) to take from the front of ``items``."""
+        left = self.target_s * (1 - self.headroom) - oldest_age
+        lengths: list[int] = []
+        weight = 0
+        for item in items:
+            more = list(self.chars(item))
+            if self.cost.seconds(lengths + more, self.batch_size) > left:
+                break
+            lengths += more
+            weight += max(1, len(more))
+        return weight or self.batch_size  # nothing fits: late already

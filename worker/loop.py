@@ -16,7 +16,7 @@ import time
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from sentistream.worker import intake, kafka_clients
-from sentistream.worker.batching import Collector
+from sentistream.worker.batching import Collector, CostModel, LatencyTarget
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
 from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
@@ -70,6 +70,11 @@ class Worker:
         self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
         self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
         self.chunk = settings.batch_size * POLL_BATCHES
+        self.latency: LatencyTarget | None = None
+        if settings.latency_target_ms:
+            self.pipeline.cost = CostModel()
+            self.latency = LatencyTarget(settings.latency_target_ms / 1000, settings.batch_size, self.pipeline.cost,
+                                         chars=lambda d: [len(s.text) for s in d.sentences])
         self.assignment: set[TopicPartition] = set()
         self.running = False
         self._next_lag_at = 0.0
@@ -140,12 +145,19 @@ class Worker:
             records = intake.poll(self.consumer, self._probe, timeout_ms, room)
             self.collector.add([self.pipeline.decode(r) for r in records])
             if self.collector.ready(drained=timeout_ms == 0 and not records):
-                self.process(self.collector.take(self.chunk))
+                self.process(self.collector.take(self._cut()))
         else:  # backpressure: no fetching until the oldest sends settle
             self.delivery.wait(0.2)
         self._rewound(self.delivery.checkpoint())
         self._check_broker()
         self._report_lag()
+
+    def _cut(self) -> int:
+        """How much (in sentences) to classify now: up to POLL_BATCHES batches, or what the
+        latency target allows."""
+        if self.latency is None:
+            return self.chunk
+        return min(self.chunk, self.latency.limit(self.collector.items, self.collector.oldest_age()))
 
     def process(self, decoded: list[Decoded]) -> None:
         """Classify and publish ``decoded``; the delivery strategy accounts for their offsets."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sentistream.worker import kafka_clients
-from sentistream.worker.batching import length_sorted_batches
+from sentistream.worker.batching import CostModel, length_sorted_batches
 from sentistream.worker.contract import (
     HEADER_PREFIX,
     ModelRef,
@@ -115,6 +115,7 @@ class Pipeline:
         self.splitter = splitter
         m = bundle.manifest
         self.model = ModelRef(name=m.name, version=m.version)
+        self.cost: CostModel | None = None  # set by a latency-target worker: learns from every batch
         self.result_limit = settings.max_result_bytes
         self.dead_letter_limit = kafka_clients.BROKER_DEFAULT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
 
@@ -200,6 +201,8 @@ class Pipeline:
                 out[i] = e
             else:
                 encoded.append((i, e))
+        if self.cost is not None:
+            self.cost.observe_texts(sum(len(sentences[i].text) for i, _ in encoded), sum(len(e.ids) for _, e in encoded))
         for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
             for (i, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
                 if isinstance(p, Exception):
@@ -238,7 +241,10 @@ class Pipeline:
                 return [exc]
             half = len(encodings) // 2
             return self._predict(encodings[:half], retry=False) + self._predict(encodings[half:], retry=False)
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.inference_seconds.observe(seconds)
+        if self.cost is not None:
+            self.cost.observe_batch(len(encodings) * max(len(e.ids) for e in encodings), seconds)
         self.metrics.batch_size.observe(len(encodings))
         return list(predictions)
 

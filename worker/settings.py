@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     bundle: Path | None = Field(default=None, description="model bundle dir; default: shipped")
     batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    latency_target_ms: int | None = Field(default=None, ge=1, le=60_000, description="cut each piece of work so "
+                                          "the oldest message's result is out within this (learned from measured "
+                                          "inference cost); default off: up to 8 batches per piece")
     max_message_bytes: int = Field(default=64 * 1024, ge=16)
     max_tokens: int | None = Field(default=None, ge=4, description="cap below the bundle's")
     threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads")

@@ -1,0 +1,224 @@
+"""Exact end-to-end latency, message by message, at offered loads relative to the peak.
+
+One message's latency is the broker's append time of its result minus the time the bench sent its
+input: the input's timestamp is set by the bench at send time (CreateTime) and the output topic
+is created with ``message.timestamp.type=LogAppendTime``, so the result's timestamp is when the
+broker appended it, i.e. acknowledged it (one replica). Both are this machine's clock (a local
+broker). No histogram buckets: every figure is a quantile of the messages' own latencies.
+
+Three rows at the same offered rates, each on fresh topics:
+- ``worker``: ``sentistream worker`` (1 process, 1 thread) with the bundle;
+- ``transport``: the same worker with a no-op model (same tokenizer and labels, a graph that
+  costs ~nothing): what Kafka, the loop and tokenization cost;
+- ``echo``: bare kafka-python, consume → produce, no model, no loop of ours: the floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sentistream.cli.flags import worker_command
+from sentistream.cli.local_kafka import free_port
+from sentistream.cli.scrape import wait_ready
+from sentistream.worker import kafka_clients
+from sentistream.worker.bundle import Manifest, staged_bundle
+from sentistream.worker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass
+class Latency:
+    row: str
+    rate: float
+    sent: int
+    received: int
+    ms: dict[float, float]  # quantile -> milliseconds
+
+    def line(self) -> str:
+        q = " ".join(f"p{int(k * 100)} {v:6.1f}" for k, v in self.ms.items())
+        return f"{self.row:<10} {self.rate:7.1f} msg/s  {q} ms  ({self.received}/{self.sent})"
+
+
+def noop_bundle(src: Path, out: Path) -> Path:
+    """``src``'s tokenizer and labels with a model that returns zeros: logits = 0 · Σ input_ids."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = Manifest.read(src)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"]) for name in m.inputs]
+    nodes = [helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["ids_f", "axes"], ["total"], keepdims=1),
+             helper.make_node("MatMul", ["total", "zeros"], [m.output])]
+    init = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("zeros", TensorProto.FLOAT, [1, len(m.labels)], [0.0] * len(m.labels))]
+    output = helper.make_tensor_value_info(m.output, TensorProto.FLOAT, ["batch", len(m.labels)])
+    graph = helper.make_graph(nodes, "noop", inputs, [output], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with staged_bundle(out) as stage:
+        onnx.save(model, str(stage / "model.onnx"))
+        shutil.copy(src / "tokenizer.json", stage / "tokenizer.json")
+        plain = m.model_copy(update={"name": f"{m.name}-noop", "precision": "fp32", "quantization": None,
+                                     "session_config": {}, "figures": None, "parity": None})
+        plain.rehashed(stage).write(stage)
+    return out
+
+
+class Topics:
+    """Fresh input/output/dead-letter topics; the output stamps each record when appended."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        run = uuid.uuid4().hex[:6]
+        self.settings = settings.model_copy(update={
+            "bootstrap_servers": bootstrap, "partitions": PARTITIONS, "group_id": f"lat-{run}",
+            "input_topic": f"lat-{run}.in", "output_topic": f"lat-{run}.out", "dlq_topic": f"lat-{run}.dlq"})
+        specs = kafka_clients.topic_specs(self.settings)
+        specs[self.settings.output_topic]["configs"] = {"message.timestamp.type": "LogAppendTime"}
+        self.admin = kafka_clients.admin(self.settings, bootstrap)
+        kafka_clients.ensure_topics(self.admin, specs)
+
+    def drop(self) -> None:
+        s = self.settings
+        try:
+            self.admin.delete_topics([s.input_topic, s.output_topic, s.dlq_topic])
+        finally:
+            self.admin.close()
+
+
+def _offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[str, float]:
+    """Send ``rate`` msgs/s for ``seconds``; the send time (ms, also the record's timestamp) of each id."""
+    producer = kafka_clients.producer(s, s.bootstrap_servers, linger_ms=0)
+    sent: dict[str, float] = {}
+    start = time.monotonic()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now_ms = time.time() * 1000
+        sent[f"l{i}"] = now_ms
+        producer.send(s.input_topic, key=str(i % 64).encode(), timestamp_ms=int(now_ms),
+                      value=json.dumps({"id": f"l{i}", "text": texts[i % len(texts)]}).encode())
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def _collect(s: Settings, want: int, timeout: float, ready: threading.Event, out: dict[str, float]) -> None:
+    """Read the output topic from the start until ``want`` distinct ids came: id -> append time (ms)."""
+    consumer = kafka_clients.consumer(s, s.bootstrap_servers, group_id=None, fetch_max_wait_ms=50)
+    consumer.subscribe([s.output_topic])
+    ready.set()
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            for r in records:
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # not a result of ours
+                    out.setdefault(json.loads(r.value)["id"], float(r.timestamp))
+    consumer.close()
+
+
+def _process(row: str, s: Settings, bundle: Path | None, extra: list[str]) -> tuple[subprocess.Popen, str | None]:
+    if row == "echo":
+        cmd = [sys.executable, "-m", "sentistream.bench.latency", "echo", s.bootstrap_servers, s.input_topic,
+               s.output_topic, s.group_id]
+        return subprocess.Popen(cmd, cwd=REPO), None
+    port = free_port()
+    cmd = worker_command(s, *extra, metrics_port=port, bundle=bundle, processes=1, threads=1, log_level="ERROR")
+    return subprocess.Popen(cmd, cwd=REPO), f"http://127.0.0.1:{port}/metrics"
+
+
+def measure(row: str, settings: Settings, bootstrap: str, bundle: Path | None, rate: float, seconds: float,
+            texts: list[str], extra: list[str] = ()) -> Latency:
+    """Offer ``rate`` msgs/s for ``seconds`` to a fresh ``row`` process; each message's latency."""
+    topics = Topics(settings, bootstrap)
+    s = topics.settings
+    proc, url = _process(row, s, bundle, list(extra))
+    try:
+        if url is not None:
+            wait_ready(url, proc=proc)
+        else:
+            time.sleep(3)  # the echo has no readiness endpoint: give it its group join
+        want = int(rate * seconds)
+        arrived: dict[str, float] = {}
+        ready = threading.Event()
+        reader = threading.Thread(target=_collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
+        reader.start()
+        ready.wait(30)
+        sent = _offer(s, rate, seconds, texts)
+        reader.join()
+        lat = np.array([arrived[i] - sent[i] for i in sent if i in arrived])
+        ms = {q: float(np.quantile(lat, q)) if len(lat) else float("nan") for q in QUANTILES}
+        return Latency(row, rate, len(sent), len(lat), ms)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        topics.drop()
+
+
+def echo(bootstrap: str, input_topic: str, output_topic: str, group: str) -> None:
+    """A bare kafka-python echo: every input record's value to the output topic, nothing else."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    consumer = KafkaConsumer(input_topic, bootstrap_servers=bootstrap.split(","), group_id=group,
+                             auto_offset_reset="earliest", enable_auto_commit=True)
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=0)
+    while not stop.is_set():
+        for records in consumer.poll(timeout_ms=100).values():
+            for r in records:
+                producer.send(output_topic, value=r.value, key=r.key)
+    producer.close(5)
+    consumer.close()
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "echo":
+    echo(*sys.argv[2:])
+
+
+def run(settings: Settings, bootstrap: str, bundle: Path, texts: list[str], seconds: float, out_dir: Path,
+        extra_rows: dict[str, list[str]] | None = None, say=print) -> list[Latency]:
+    """The peak of one worker (1 process × 1 thread, drained from a preloaded topic), then every
+    row at 25, 50 and 75 % of it; writes ``latency.md`` into ``out_dir``."""
+    from sentistream.bench.run import machine_facts, worker_throughput
+
+    peak, _ = worker_throughput(settings, bootstrap, bundle, texts[:3000], 1, 1, 32, PARTITIONS)
+    say(f"peak of 1 worker × 1 thread: {peak:.0f} msg/s")
+    noop = noop_bundle(bundle, out_dir / "noop-bundle")
+    rows: list[tuple[str, Path | None, list[str]]] = [("worker", bundle, []), ("transport", noop, []),
+                                                      ("echo", None, [])]
+    rows += [(name, bundle, flags) for name, flags in (extra_rows or {}).items()]
+    results = []
+    for share in (0.25, 0.5, 0.75):
+        for row, b, flags in rows:
+            lat = measure(row, settings, bootstrap, b, peak * share, seconds, texts, flags)
+            say(f"{int(share * 100)} % of peak  " + lat.line())
+            results.append(lat)
+    lines = [f"# Latency ({time.strftime('%Y-%m-%d')}), {machine_facts()}", "",
+             f"Peak (1 worker, 1 thread, drained): {peak:.0f} msg/s; {seconds:.0f} s per row; latency = the "
+             "result's broker append time minus the input's send time, every message.", "",
+             "| offered | row | p50 ms | p95 ms | p99 ms | received |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.rate:.0f} msg/s | {r.row} | {r.ms[0.5]:.1f} | {r.ms[0.95]:.1f} | {r.ms[0.99]:.1f} | "
+              f"{r.received}/{r.sent} |" for r in results]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latency.md").write_text("\n".join(lines) + "\n")
+    return results
