@@ -38,14 +38,19 @@ def make_settings(**flags: Any) -> Settings:
 
 def client_settings(**flags: Any) -> Settings:
     """:func:`make_settings` for commands that talk to Kafka: with no cluster configured, the
-    local broker that `sentistream broker up` started (if one runs) is the one."""
+    local broker that `sentistream broker up` started (if one runs) is the one. On a TLS or SASL
+    cluster, a pre-flight turns an untrusted certificate or a wrong password into one plain line
+    at once (kafka-python alone retries for 30 s, then says "Unable to bootstrap")."""
     from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.worker.kafka_clients import preflight
 
     settings = make_settings(**flags)
     if settings.bootstrap_servers is None:
         state = LocalCluster(settings.home).state()
         if state is not None:
             settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
+    if settings.bootstrap_servers:
+        preflight(settings, settings.bootstrap_servers)
     return settings
 
 
@@ -60,19 +65,37 @@ def broker_up(
     port: Annotated[int, typer.Option(min=0, max=65535, help="first node's port; 0: any free")] = 9092,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for it")] = 90.0,
     acls: Annotated[bool, typer.Option("--acls", help="enforce ACLs (none at first: all allowed)")] = False,
+    security: Annotated[str, typer.Option(help="plaintext, ssl (TLS) or sasl_ssl (TLS + SCRAM-SHA-512 users); "
+                                          "ssl/sasl_ssl make a CA and keys with keytool")] = "plaintext",
 ) -> None:
     """Start a local KRaft broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster).
 
     With 3 or more nodes, topics are replicated 3 times with min.insync.replicas 2 (so are the
     offsets and transaction logs): a crashed node loses no acknowledged write."""
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.cli.local_kafka import SECURITY_MODES, LocalCluster
 
+    if security not in SECURITY_MODES:
+        raise UserError(f"--security {security}: one of {', '.join(SECURITY_MODES)}")
     settings = make_settings()
     if settings.bootstrap_servers:
         _echo(f"using the configured cluster {settings.bootstrap_servers}; nothing to start")
         return
-    state = LocalCluster(settings.home).up(nodes=nodes, port=port, timeout=timeout, acls=acls)
+    cluster = LocalCluster(settings.home)
+    state = cluster.up(nodes=nodes, port=port, timeout=timeout, acls=acls, security=security)
     _echo(f"Apache Kafka {state.kafka_version} ({state.nodes} node(s)) is up at {state.bootstrap}")
+    if security != "plaintext":
+        _print_client_settings(cluster)
+
+
+def _print_client_settings(cluster: LocalCluster) -> None:
+    """The clients' settings of a secured local broker, but the password: that one stays in the
+    0600 file (a terminal's scroll-back and CI logs are not the place for it)."""
+    settings = cluster.client_settings()
+    secret = " with the password" if any(k.endswith("_PASSWORD") for k in settings) else ""
+    _echo(f"client settings (in {cluster.client_env_file}, mode 0600{secret}):")
+    for key, value in settings.items():
+        _echo(f"  {key}=" + ("(in that file)" if key.endswith("_PASSWORD") else value))
+    _echo(f"load them with: set -a; . {cluster.client_env_file}; set +a")
 
 
 @broker_app.command("down")
@@ -104,11 +127,14 @@ def broker_status() -> None:
         _echo(f"no local broker is running ({hint})")
         raise typer.Exit(1)
     # the cluster reports a crashed node live until its session times out: count running ones only
-    live = live_broker_ids(",".join(state.node_bootstrap(i) for i in running)) & {i + 1 for i in running}
+    bootstrap = ",".join(state.node_bootstrap(i) for i in running)
+    live = live_broker_ids(bootstrap, **cluster.client_config(state.security)) & {i + 1 for i in running}
     stopped = [str(i + 1) for i in range(state.nodes) if i not in running]
     _echo(f"local Apache Kafka {state.kafka_version} at {state.bootstrap}: "
           f"{len(live)}/{state.nodes} broker(s) answering, pids {state.pids}"
-          + (f"; node(s) {', '.join(stopped)} stopped" if stopped else "") + ("; ACLs enforced" if state.acls else ""))
+          + (f"; node(s) {', '.join(stopped)} stopped" if stopped else "") + ("; ACLs enforced" if state.acls else "")
+          + (f"; {state.security.upper()} (client settings: {cluster.client_env_file})"
+             if state.security != "plaintext" else ""))
 
 
 NodesOpt = Annotated[list[int], typer.Option("--node", help="node number, 1..N (repeat for several)")]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"  # package data: works installed too
@@ -34,6 +37,13 @@ logger.request.level = WARN
 """
 
 
+# How clients reach a local cluster (``broker up --security``): the client listener's protocol.
+SECURITY_MODES = ("plaintext", "ssl", "sasl_ssl")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+CLIENT_USER = "sentistream"  # the clients' SCRAM user
+BROKER_USER = "broker"  # the nodes' own SCRAM user (inter-broker traffic uses the secured listener too)
+
+
 class BrokerError(RuntimeError):
     """One plain line for the user: what went wrong with the local broker."""
 
@@ -48,6 +58,7 @@ class ClusterState:
     kafka_version: str
     acls: bool = False
     host: str = "127.0.0.1"  # where clients reach the nodes (the controllers stay on loopback)
+    security: str = "plaintext"  # one of SECURITY_MODES: the protocol of the listener clients and nodes use
 
     def node_bootstrap(self, index: int) -> str:
         return f"{self.host}:{self.ports[index]}"
@@ -160,13 +171,65 @@ class LocalCluster:
                 return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log yet)"
 
+    # -- security ------------------------------------------------------------------------------
+    @property
+    def security_dir(self) -> Path:
+        """Keystores, the CA certificate and the secrets of a secured cluster (mode 0700)."""
+        return self.data_dir / "security"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) clients trust: kafka-python's ``ssl_cafile``."""
+        return self.security_dir / "ca.pem"
+
+    @property
+    def client_env_file(self) -> Path:
+        """``SENTISTREAM_*`` lines for clients of a secured cluster, password included (mode 0600)."""
+        return self.data_dir / "client.env"
+
+    def client_settings(self, security: str | None = None) -> dict[str, str]:
+        """The ``SENTISTREAM_*`` settings (secrets included) a client needs for this cluster's
+        listener (``security``; default: the recorded cluster's); empty for plaintext. What
+        :attr:`client_env_file` holds."""
+        security = security or self._require_recorded().security
+        if security == "plaintext":
+            return {}
+        env = {"SENTISTREAM_SECURITY_PROTOCOL": security.upper(), "SENTISTREAM_SSL_CAFILE": str(self.ca_file)}
+        if security == "sasl_ssl":
+            env |= {"SENTISTREAM_SASL_MECHANISM": SCRAM_MECHANISM, "SENTISTREAM_SASL_USERNAME": CLIENT_USER,
+                    "SENTISTREAM_SASL_PASSWORD": self._secrets()["client_password"]}
+        return env
+
+    def client_config(self, security: str | None = None) -> dict[str, Any]:
+        """kafka-python keyword arguments for this cluster's security (readiness checks, status)."""
+        env = self.client_settings(security)
+        if not env:
+            return {}
+        config: dict[str, Any] = {"security_protocol": env["SENTISTREAM_SECURITY_PROTOCOL"],
+                                  "ssl_cafile": env["SENTISTREAM_SSL_CAFILE"]}
+        if "SENTISTREAM_SASL_PASSWORD" in env:
+            config |= {"sasl_mechanism": SCRAM_MECHANISM, "sasl_plain_username": CLIENT_USER,
+                       "sasl_plain_password": env["SENTISTREAM_SASL_PASSWORD"]}
+        return config
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.security_dir / "secrets.json"
+        if not path.exists():
+            raise BrokerError(f"{path} is missing: the secured local broker's keys are gone; "
+                              "`sentistream broker down` and up again")
+        return json.loads(path.read_text())
+
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self, nodes: int = 1, port: int = 9092, timeout: float = 60.0, acls: bool = False,
-           host: str = "127.0.0.1") -> ClusterState:
+           host: str = "127.0.0.1", security: str = "plaintext") -> ClusterState:
         """Format and start ``nodes`` nodes. ``acls``: brokers enforce ACLs (none at first, so
         everyone may do everything until a test adds one; see :func:`acl_properties`). ``host``:
         the address clients reach the nodes at (an address of this machine; tests that put
-        workers in network namespaces use a bridge's)."""
+        workers in network namespaces use a bridge's). ``security``: ``ssl`` or ``sasl_ssl``
+        make a CA, the nodes' keystore and (sasl_ssl) SCRAM users at format time, and write the
+        clients' settings to :attr:`client_env_file`."""
+        if security not in SECURITY_MODES:
+            raise BrokerError(f"unknown security {security!r}: one of {', '.join(SECURITY_MODES)}")
         running = self.state()
         if running is not None:
             raise BrokerError(f"a local broker is already running at {running.bootstrap}")
@@ -177,11 +240,12 @@ class LocalCluster:
                 raise BrokerError(f"port {p} is taken: stop what uses it or pass --port")
         java = _java()
         libs = provision_jars(self.home)
-        self._format(java, libs, nodes, ports, controller_ports, acls, host)
+        self._format(java, libs, nodes, ports, controller_ports, acls, host, security)
         pids = [self._start_node(java, libs, i) for i in range(nodes)]
         state = ClusterState(
             bootstrap=",".join(f"{host}:{p}" for p in ports), nodes=nodes, pids=pids,
             ports=ports, controller_ports=controller_ports, kafka_version=KAFKA_VERSION, acls=acls, host=host,
+            security=security,
         )
         self._save(state)
         try:
@@ -273,9 +337,12 @@ class LocalCluster:
         self.state_file.write_text(json.dumps(asdict(state)))
 
     def _format(self, java: str, libs: Path, nodes: int, ports: list[int],
-                controller_ports: list[int], acls: bool, host: str) -> None:
+                controller_ports: list[int], acls: bool, host: str, security: str = "plaintext") -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
+        secured = self._make_security(java, security, host) if security != "plaintext" else {}
+        scram = _scram_arguments(self._secrets()) if security == "sasl_ssl" else []
+        listener = security.upper()  # the client listener's name is its protocol's: PLAINTEXT, SSL, SASL_SSL
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         voters = ",".join(f"{i + 1}@127.0.0.1:{cp}" for i, cp in enumerate(controller_ports))
         replication = min(3, nodes)
@@ -286,11 +353,11 @@ class LocalCluster:
                 "process.roles": "broker,controller",
                 "node.id": i + 1,
                 "controller.quorum.voters": voters,
-                "listeners": f"PLAINTEXT://{host}:{ports[i]},CONTROLLER://127.0.0.1:{controller_ports[i]}",
-                "advertised.listeners": f"PLAINTEXT://{host}:{ports[i]}",
+                "listeners": f"{listener}://{host}:{ports[i]},CONTROLLER://127.0.0.1:{controller_ports[i]}",
+                "advertised.listeners": f"{listener}://{host}:{ports[i]}",
                 "controller.listener.names": "CONTROLLER",
-                "inter.broker.listener.name": "PLAINTEXT",
-                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name": listener,
+                "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
                 "log.dirs": node / "data",
                 "num.partitions": 1,
                 "default.replication.factor": replication,
@@ -306,18 +373,80 @@ class LocalCluster:
                 "log.segment.bytes": 64 * 1024 * 1024,
                 "auto.create.topics.enable": "true",
                 **(acl_properties() if acls else {}),
+                **secured,
             }
-            (node / "server.properties").write_text(
-                "".join(f"{k}={v}\n" for k, v in props.items())
-            )
+            if acls and security == "sasl_ssl":
+                props["super.users"] = f"User:{BROKER_USER}"  # the nodes themselves skip the ACLs
+            _write_private(node / "server.properties", "".join(f"{k}={v}\n" for k, v in props.items()))
             (node / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
             # "--cluster-id=…" in one word: a base64 id may start with "-", which the
             # option parser would otherwise read as a flag (seen once in CI).
-            cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-                   f"--cluster-id={cluster_id}", "-c", str(node / "server.properties"), "--ignore-formatted"]
-            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise BrokerError(f"formatting node {i + 1} failed: {result.stderr.strip()[-300:]}")
+            args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                    "-c", str(node / "server.properties"), "--ignore-formatted", *scram]
+            self._run_java(java, libs, args, f"formatting node {i + 1}")
+        if security != "plaintext":
+            self._write_client_env(security)
+
+    def _run_java(self, java: str, libs: Path, args: list[str], what: str) -> None:
+        """Run a Kafka tool. Its arguments (SCRAM passwords among them) go through a private
+        argument file, ``java @file``: the process list shows only the file's name. The main class
+        is in the file too, since the launcher expands no @file after the main class."""
+        argfile = self.data_dir / f".args-{uuid.uuid4().hex}"
+        _write_private(argfile, "".join(_argfile_quote(a) + "\n" for a in args))
+        try:
+            result = subprocess.run([java, "-cp", f"{libs}/*", f"@{argfile}"], capture_output=True, text=True,
+                                    check=False)
+        finally:
+            argfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise BrokerError(f"{what} failed: {(result.stderr or result.stdout).strip()[-300:]}")
+
+    def _make_security(self, java: str, security: str, host: str) -> dict[str, str]:
+        """A throw-away CA, one key pair for every node signed by it (SAN: localhost, 127.0.0.1 and
+        ``host``), the nodes' keystore and truststore (PKCS12), the CA as PEM for Python clients,
+        and random passwords; returns the nodes' security properties. The CA's private key is
+        deleted once it signed: nothing else can ever be issued under it."""
+        keytool = _keytool(java)
+        d = self.security_dir
+        d.mkdir(mode=0o700)
+        store_password = secrets.token_hex(16)
+        users = {"client_password": secrets.token_hex(16), "broker_password": secrets.token_hex(16)} \
+            if security == "sasl_ssl" else {}
+        _write_private(d / "secrets.json", json.dumps({"store_password": store_password, **users}))
+        sans = ["dns:localhost", "ip:127.0.0.1"]
+        if host not in ("127.0.0.1", "localhost"):
+            sans.append(f"{'ip' if _is_ip(host) else 'dns'}:{host}")
+        san = "SAN=" + ",".join(sans)
+        ca, broker, trust = d / "ca.p12", d / "broker.p12", d / "truststore.p12"
+        csr, crt = d / "broker.csr", d / "broker.crt"
+        store = ["-storetype", "PKCS12", "-storepass:env", "STOREPASS"]
+        steps = [
+            ["-genkeypair", "-alias", "ca", "-dname", "CN=sentistream local CA", "-ext", "bc:c", "-keyalg", "RSA",
+             "-keysize", "2048", "-validity", "3650", "-keystore", ca, *store],
+            ["-exportcert", "-rfc", "-alias", "ca", "-keystore", ca, "-file", self.ca_file, *store],
+            ["-genkeypair", "-alias", "broker", "-dname", "CN=localhost", "-ext", san, "-keyalg", "RSA",
+             "-keysize", "2048", "-validity", "825", "-keystore", broker, *store],
+            ["-certreq", "-alias", "broker", "-keystore", broker, "-file", csr, *store],
+            ["-gencert", "-alias", "ca", "-keystore", ca, "-infile", csr, "-outfile", crt, "-rfc", "-validity", "825",
+             "-ext", san, "-ext", "KU=digitalSignature,keyEncipherment", "-ext", "EKU=serverAuth,clientAuth", *store],
+            ["-importcert", "-noprompt", "-alias", "ca", "-file", self.ca_file, "-keystore", broker, *store],
+            ["-importcert", "-noprompt", "-alias", "broker", "-file", crt, "-keystore", broker, *store],
+            ["-importcert", "-noprompt", "-alias", "ca", "-file", self.ca_file, "-keystore", trust, *store],
+        ]
+        for step in steps:
+            _run_keytool(keytool, [str(a) for a in step], store_password)
+        for path in (ca, csr, crt):
+            path.unlink()
+        for path in (broker, trust):
+            path.chmod(0o600)
+        return _listener_security(security, broker, trust, store_password, users.get("broker_password"))
+
+    def _write_client_env(self, security: str) -> None:
+        """The clients' settings as shell lines (``set -a; . client.env; set +a``), mode 0600."""
+        lines = [f"# sentistream client settings for the local broker ({security}); the bootstrap comes from "
+                 "its state file. Load with: set -a; . THIS_FILE; set +a"]
+        lines += [f"{k}={shlex.quote(v)}" for k, v in self.client_settings(security).items()]
+        _write_private(self.client_env_file, "\n".join(lines) + "\n")
 
     def _start_node(self, java: str, libs: Path, index: int) -> int:
         node = self._node_dir(index)
@@ -342,7 +471,7 @@ class LocalCluster:
             if dead:
                 raise BrokerError(f"node {dead[0] + 1} exited while starting; last log lines:\n"
                                   f"{self.log_tail(index=dead[0])}")
-            if want <= live_broker_ids(bootstrap):
+            if want <= live_broker_ids(bootstrap, **self.client_config(state.security)):
                 return
             time.sleep(0.3)
         raise BrokerError(f"the local broker did not come up in {timeout:.0f} s; last log lines:\n"
@@ -364,14 +493,15 @@ def acl_properties() -> dict[str, str]:
     }
 
 
-def live_broker_ids(bootstrap: str) -> set[int]:
-    """Node ids of the brokers the cluster reports as live; empty when none answers."""
+def live_broker_ids(bootstrap: str, **config: Any) -> set[int]:
+    """Node ids of the brokers the cluster reports as live; empty when none answers. ``config``:
+    kafka-python security settings (:meth:`LocalCluster.client_config`)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=3000,
-                                 bootstrap_timeout_ms=3000, client_id="sentistream-probe")
+                                 bootstrap_timeout_ms=3000, client_id="sentistream-probe", **config)
     except KafkaError:
         return set()
     try:
@@ -381,3 +511,70 @@ def live_broker_ids(bootstrap: str) -> set[int]:
         return set()
     finally:
         admin.close()
+
+
+# -- security helpers ------------------------------------------------------------------------------
+def _listener_security(security: str, keystore: Path, truststore: Path, store_password: str,
+                       broker_password: str | None) -> dict[str, str]:
+    """The nodes' TLS (and SCRAM) properties. The nodes talk to each other over the same secured
+    listener, as the broker user; the controller listener stays plaintext on loopback."""
+    props = {
+        "ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(keystore),
+        "ssl.keystore.password": store_password, "ssl.key.password": store_password,
+        "ssl.truststore.type": "PKCS12", "ssl.truststore.location": str(truststore),
+        "ssl.truststore.password": store_password, "ssl.client.auth": "none",
+    }
+    if security == "sasl_ssl":
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{BROKER_USER}" '
+                f'password="{broker_password}";')
+        props |= {"sasl.enabled.mechanisms": SCRAM_MECHANISM, "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+                  f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas}
+    return props
+
+
+def _scram_arguments(stored: dict[str, str]) -> list[str]:
+    """StorageTool's ``--add-scram`` arguments: the SCRAM users exist from the first start on."""
+    users = {CLIENT_USER: stored["client_password"], BROKER_USER: stored["broker_password"]}
+    args = []
+    for name, password in users.items():
+        args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+    return args
+
+
+def _keytool(java: str) -> str:
+    """The JDK's keytool: next to ``java``, else on the PATH."""
+    beside = Path(java).resolve().parent / "keytool"
+    found = str(beside) if beside.exists() else shutil.which("keytool")
+    if found is None:
+        raise BrokerError("keytool is not installed: --security ssl|sasl_ssl needs a full JDK (keytool)")
+    return found
+
+
+def _run_keytool(keytool: str, args: list[str], store_password: str) -> None:
+    """One keytool step; the store password comes from the environment (``-storepass:env``),
+    never from the command line."""
+    env = {**os.environ, "STOREPASS": store_password}
+    result = subprocess.run([keytool, *args], capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"keytool {args[0]} failed: {(result.stderr or result.stdout).strip()[-300:]}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it may hold a secret), from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+def _argfile_quote(arg: str) -> str:
+    """One argument for a ``java @file``: quoted, backslashes doubled (the launcher's escapes)."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True

@@ -33,6 +33,13 @@ def test_up_down_twice_and_a_second_up_says_so(tmp_path) -> None:
     assert status.returncode == 1 and "no local broker is running" in status.stdout
 
 
+def test_unknown_security_is_one_line(tmp_path) -> None:
+    result = _cli(tmp_path, "up", "--security", "tls")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sentistream: --security tls: one of plaintext, ssl, sasl_ssl"
+    assert not (tmp_path / "broker").exists()  # refused before anything was made
+
+
 def test_port_taken_is_one_line(tmp_path) -> None:
     import socket
 

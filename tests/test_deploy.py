@@ -106,6 +106,7 @@ def crd_schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """KEDA's and the Prometheus Operator's CRDs as JSON schemas, laid out for kubeconform."""
     out = tmp_path_factory.mktemp("crd-schemas")
     crds = [schemas("keda") / "config/crd/bases/keda.sh_scaledobjects.yaml",
+            schemas("keda") / "config/crd/bases/keda.sh_triggerauthentications.yaml",
             schemas("prometheus-operator") / "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"]
     for path in crds:
         crd = yaml.safe_load(path.read_text())
@@ -146,7 +147,7 @@ def kubeconform(k8s: Path, crds: Path, *paths: Path) -> subprocess.CompletedProc
 def test_kubernetes_manifests_validate_against_the_schemas(k8s_schemas: Path, crd_schemas: Path) -> None:
     result = kubeconform(k8s_schemas, crd_schemas, DEPLOY / "k8s")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Valid: 8, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+    assert "Valid: 9, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
 
 
 def test_kubeconform_catches_a_misspelt_field_and_a_bad_scaledobject(k8s_schemas: Path, crd_schemas: Path,
@@ -154,11 +155,14 @@ def test_kubeconform_catches_a_misspelt_field_and_a_bad_scaledobject(k8s_schemas
     deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text().replace("terminationGracePeriodSeconds",
                                                                           "terminationGracePeriod")
     scaled = (DEPLOY / "k8s" / "scaledobject.yaml").read_text().replace("maxReplicaCount: 8", "maxReplicaCount: many")
+    # a secretTargetRef without its (required) key
+    auth = (DEPLOY / "k8s" / "triggerauthentication.yaml").read_text().replace(", key: KEDA_KAFKA_TLS", "")
     (tmp_path / "deployment.yaml").write_text(deployment)
     (tmp_path / "scaledobject.yaml").write_text(scaled)
+    (tmp_path / "triggerauthentication.yaml").write_text(auth)
     result = kubeconform(k8s_schemas, crd_schemas, tmp_path)
     assert result.returncode != 0
-    assert "Invalid: 2" in result.stdout, result.stdout
+    assert "Invalid: 3" in result.stdout, result.stdout
 
 
 def test_kubernetes_settings_agree_with_each_other() -> None:
@@ -177,6 +181,38 @@ def test_kubernetes_settings_agree_with_each_other() -> None:
     probes = pod["containers"][0]
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+
+
+def test_keda_logs_in_with_the_workers_secret() -> None:
+    """KEDA's lag scaler reads sasl/username/password/tls/ca from the Secret the workers load, and
+    what the Secret tells KEDA agrees with what it tells the workers."""
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in (DEPLOY / "k8s").glob("*.yaml")}
+    secret, auth = docs["secret.yaml"], docs["triggerauthentication.yaml"]
+    trigger = docs["scaledobject.yaml"]["spec"]["triggers"][0]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert auth["metadata"]["namespace"] == docs["scaledobject.yaml"]["metadata"]["namespace"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"sasl", "username", "password", "tls", "ca"}
+    data = secret["stringData"]
+    for ref in refs.values():
+        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in data, ref
+    # the same login for both: KEDA's user and password are the worker's own settings
+    assert refs["username"]["key"] == "SENTISTREAM_SASL_USERNAME"
+    assert refs["password"]["key"] == "SENTISTREAM_SASL_PASSWORD"
+    protocol = data["SENTISTREAM_SECURITY_PROTOCOL"]
+    sasl = KEDA_SASL[data["SENTISTREAM_SASL_MECHANISM"]] if protocol.startswith("SASL") else "none"
+    assert data[refs["sasl"]["key"]] == sasl
+    assert data[refs["tls"]["key"]] == ("enable" if protocol.endswith("SSL") else "disable")
+    # the workers read the same CA as a file
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"])
+    assert [i["key"] for i in volume["secret"]["items"]] == [refs["ca"]["key"]]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    cafile = f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+    assert cafile in (DEPLOY / "k8s" / "secret.yaml").read_text()  # the SENTISTREAM_SSL_CAFILE the comments give
 
 
 # -- Prometheus ------------------------------------------------------------------------------
