@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from sentistream.cli.flags import with_settings_flags
+from sentistream.cli.model import model_app
 from sentistream.worker.errors import UserError
 from sentistream.worker.settings import Settings
 
@@ -23,6 +24,7 @@ broker_app = typer.Typer(no_args_is_help=True, help="A local Apache Kafka (KRaft
 topics_app = typer.Typer(no_args_is_help=True, help="Create and describe the project's topics.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(model_app, name="model")
 
 BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="host:port[,host:port]; "
                          "default: KAFKA_BOOTSTRAP_SERVERS, else the local broker")]

@@ -1,7 +1,8 @@
 """``sentistream top``: a live terminal view over one or more workers' ``/metrics``.
 
 Each refresh scrapes every endpoint, and figures come from the difference between two scrapes:
-messages/s, end-to-end p50/p99 over the interval, dead letters, lag and the label mix. An
+messages/s, end-to-end p50/p99 over the interval, dead letters, lag, the label mix, and a shadow
+bundle's agreement with the serving one (from the label-pair counters, so it sums over processes). An
 endpoint that does not answer gets a row that says so; the others keep updating.
 """
 
@@ -66,6 +67,7 @@ class Row:
     dead: float = 0
     labels: dict[str, float] | None = None
     model: str = ""
+    shadow: str = ""
 
 
 def compare(before: Reading | None, now: Reading) -> Row:
@@ -77,7 +79,8 @@ def compare(before: Reading | None, now: Reading) -> Row:
     consumed = s.total("sentistream_messages_consumed_total")
     rate = (consumed - prior.total("sentistream_messages_consumed_total")) / elapsed if prior and elapsed > 0 else 0.0
     window = prior.buckets(E2E) if prior else None
-    models = sorted({f"{lab.get('name')} {lab.get('version')}" for n, lab, _ in s.samples if n == "sentistream_model_info"})
+    models = sorted({f"{lab.get('name')} {lab.get('version')}" for n, lab, v in s.samples
+                     if n == "sentistream_model_info" and v})
     return Row(
         url=now.url,
         workers=s.total("sentistream_worker_ready"),
@@ -88,7 +91,21 @@ def compare(before: Reading | None, now: Reading) -> Row:
         dead=s.total("sentistream_messages_dead_lettered_total"),
         labels=s.by_label("sentistream_messages_classified_total", "label"),
         model=", ".join(models),
+        shadow=shadow_summary(s),
     )
+
+
+def shadow_summary(s: Snapshot) -> str:
+    """``name version: agreement% of N``, for the shadow running now (none: empty)."""
+    shadows = sorted({f"{lab.get('name')} {lab.get('version')}" for n, lab, v in s.samples
+                      if n == "sentistream_shadow_info" and v})
+    if not shadows:
+        return ""
+    pairs = [(lab.get("serving"), lab.get("shadow"), v) for n, lab, v in s.samples
+             if n == "sentistream_shadow_predictions_total"]
+    seen = sum(v for _, _, v in pairs)
+    agreed = sum(v for a, b, v in pairs if a == b)
+    return f"{', '.join(shadows)}: " + (f"{agreed / seen:.1%} agree of {seen:,.0f}" if seen else "nothing compared yet")
 
 
 def _ms(seconds: float | None) -> str:
@@ -98,19 +115,22 @@ def _ms(seconds: float | None) -> str:
 def render(rows: list[Row], interval: float) -> Group:
     """The whole screen: one row per endpoint, a total, and the label mix."""
     table = Table(title="sentistream top", caption=f"every {interval:g} s · q or Ctrl-C quits", expand=True)
-    for name, justify in [("endpoint", "left"), ("ready", "right"), ("msg/s", "right"), ("p50", "right"),
-                          ("p99", "right"), ("lag", "right"), ("DLQ", "right"), ("model", "left")]:
+    shadowed = any(r.shadow for r in rows)  # the shadow column only while one runs
+    columns = [("endpoint", "left"), ("ready", "right"), ("msg/s", "right"), ("p50", "right"), ("p99", "right"),
+               ("lag", "right"), ("DLQ", "right"), ("model", "left")] + ([("shadow", "left")] if shadowed else [])
+    for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    extra = [""] if shadowed else []
     for r in rows:
         if r.error:
-            table.add_row(r.url, Text("down", style="bold red"), *[""] * 6)
+            table.add_row(r.url, Text("down", style="bold red"), *[""] * (len(columns) - 2))
         else:
             table.add_row(r.url, f"{r.workers:.0f}", f"{r.rate:,.1f}", _ms(r.p50), _ms(r.p99),
-                          f"{r.lag:,.0f}", f"{r.dead:,.0f}", r.model)
+                          f"{r.lag:,.0f}", f"{r.dead:,.0f}", r.model, *([r.shadow] if shadowed else []))
     live = [r for r in rows if not r.error]
     table.add_section()
     table.add_row("total", f"{sum(r.workers for r in live):.0f}", f"{sum(r.rate for r in live):,.1f}", "", "",
-                  f"{sum(r.lag for r in live):,.0f}", f"{sum(r.dead for r in live):,.0f}", "",
+                  f"{sum(r.lag for r in live):,.0f}", f"{sum(r.dead for r in live):,.0f}", "", *extra,
                   style="bold")
     mix: dict[str, float] = {}
     for r in live:

@@ -131,3 +131,34 @@ def test_byte_order_mark_nul_bytes_and_id_types() -> None:
 def test_null_header_values_are_carried_as_empty() -> None:
     headers = dict(result_headers(Rec(b"x", headers=[("name", None)]), ModelRef(name="m", version="1")))
     assert headers["name"] == b""
+
+
+def test_split_is_read_from_the_object_and_must_be_a_boolean() -> None:
+    from sentistream.worker.contract import parse
+
+    assert parse(Rec(b'{"text": "A. B.", "split": true}'), LIMIT).split is True
+    assert parse(Rec(b'{"text": "A. B."}'), LIMIT).split is None
+    assert parse(Rec(b"A. B."), LIMIT).split is None
+    assert reason(b'{"text": "A. B.", "split": "yes"}') is Reason.INVALID_FIELD
+
+
+def test_review_score_runs_from_minus_one_to_one_over_the_label_order() -> None:
+    from sentistream.worker.contract import SourceRef, review_of
+
+    labels, model, src = ["neg", "neu", "pos"], ModelRef(name="m", version="1"), SourceRef(topic="t", partition=0,
+                                                                                             offset=0)
+    def one(rows: list[dict[str, float]], predicted: list[str]):
+        return review_of("r", labels, predicted, rows, model, src, {})
+
+    assert one([{"neg": 1.0, "neu": 0.0, "pos": 0.0}], ["neg"]).score == -1.0
+    assert one([{"neg": 0.0, "neu": 0.0, "pos": 1.0}], ["pos"]).score == 1.0
+    mixed = one([{"neg": 0.8, "neu": 0.2, "pos": 0.0}, {"neg": 0.0, "neu": 0.2, "pos": 0.8}], ["neg", "pos"])
+    assert mixed.score == 0.0 and mixed.label == "neg"  # a tie goes to the first label
+    assert mixed.label_counts == {"neg": 1, "neu": 0, "pos": 1} and mixed.scores == {"neg": 0.4, "neu": 0.2,
+                                                                                      "pos": 0.4}
+
+
+def test_results_say_their_model_and_a_shadow_that_saw_them() -> None:
+    headers = dict(result_headers(Rec(b"x"), ModelRef(name="m", version="2"), ModelRef(name="c", version="3")))
+    assert headers[f"{HEADER_PREFIX}model"] == b"m:2" and headers[f"{HEADER_PREFIX}shadow"] == b"c:3"
+    assert f"{HEADER_PREFIX}shadow" not in dict(result_headers(Rec(b"x"), ModelRef(name="m", version="2")))

@@ -102,3 +102,48 @@ def test_results_over_the_topic_limit_are_dead_lettered_and_huge_dead_letters_be
     [h] = run(p, ["x" * 2900])
     assert h.rejection.reason is Reason.RESULT_TOO_LARGE
     assert h.messages[0].stub and h.messages[0].value == b""  # the record itself is over the DLQ's limit too
+
+
+def _values(h) -> list[dict]:
+    return [json.loads(m.value) for m in h.messages]
+
+
+def test_a_split_review_yields_its_sentences_then_one_review_result_in_the_same_handled(bundle) -> None:
+    p = Pipeline(Settings(split_sentences=True), bundle, WorkerMetrics(None), make_splitter())
+    [h] = run(p, ["The acting is superb. A dull, lifeless film. An instant classic!"])
+    *sentences, review = _values(h)
+    assert [s["kind"] for s in sentences] == ["sentence"] * 3 and review["kind"] == "review"
+    assert review["id"] == "m0" and review["sentences"] == 3 and h.labels == [s["label"] for s in sentences]
+    assert review["label_counts"] == {label: h.labels.count(label) for label in bundle.labels}
+    for label in bundle.labels:  # the mean of the sentences' class probabilities
+        assert review["scores"][label] == pytest.approx(sum(s["scores"][label] for s in sentences) / 3, abs=1e-5)
+    assert review["label"] == max(review["scores"], key=review["scores"].get)
+    expected = sum(review["scores"][label] * (i / 2 - 1) for i, label in enumerate(bundle.labels))
+    assert -1 <= review["score"] <= 1 and review["score"] == pytest.approx(expected, abs=1e-5)
+    assert dict(h.messages[-1].headers)["sentistream-kind"] == b"review"
+    assert dict(h.messages[0].headers)["sentistream-kind"] == b"sentence"
+
+
+def test_a_message_can_ask_for_splitting_and_a_splitting_worker_can_be_told_not_to(bundle) -> None:
+    text = "Great cast. Dull plot!"
+    plain = Pipeline(Settings(), bundle, WorkerMetrics(None))
+    asks = plain.decode(Rec("in", 0, 0, 0, None, json.dumps({"id": "a", "text": text, "split": True}).encode(), []))
+    silent = plain.decode(Rec("in", 0, 1, 0, None, json.dumps({"id": "b", "text": text}).encode(), []))
+    assert [s.text for s in asks.sentences] == ["Great cast.", "Dull plot!"] and asks.review
+    assert len(silent.sentences) == 1 and not silent.review
+    [h] = plain.handle([asks])
+    assert [v["kind"] for v in _values(h)] == ["sentence", "sentence", "review"]
+    assert "split" not in _values(h)[0]["meta"]  # a field of the contract, not carried through
+    splitting = Pipeline(Settings(split_sentences=True), bundle, WorkerMetrics(None), make_splitter())
+    told = splitting.decode(Rec("in", 0, 2, 0, None, json.dumps({"text": text, "split": False}).encode(), []))
+    assert len(told.sentences) == 1 and not told.review
+
+
+def test_a_review_result_over_the_limit_dead_letters_the_whole_record(bundle) -> None:
+    p = Pipeline(Settings(split_sentences=True), bundle, WorkerMetrics(None), make_splitter())
+    # its sentence results are 1,193 and 1,195 bytes (value, key, headers), its review result 1,231
+    p.fit_topics({"sentences.labeled": 1213 + 512, "sentences.dlq": 1_000_000})
+    meta = {"note": "x" * 700}  # carried on each sentence result and on the review result
+    [h] = p.handle([p.decode(Rec("in", 0, 0, 0, None, json.dumps({"text": "Fine. Good.", **meta}).encode(), []))])
+    assert len(h.messages) == 1 and h.messages[0].dead_letter  # no sentence result went without its review
+    assert h.rejection is not None and h.rejection.reason is Reason.RESULT_TOO_LARGE

@@ -53,3 +53,17 @@ def test_a_worker_that_has_classified_nothing_yet_shows_no_mix() -> None:
     console = Console(record=True, width=120)
     console.print(render([compare(Reading("u", 0.0, idle), Reading("u", 1.0, idle))], 1.0))
     assert "label mix: no sentences yet" in console.export_text()
+
+
+def test_a_shadow_shows_its_agreement_summed_over_label_pairs_and_a_retired_model_is_left_out() -> None:
+    pairs = [("sentistream_shadow_predictions_total", {"serving": "Positive", "shadow": "Positive"}, 70.0),
+             ("sentistream_shadow_predictions_total", {"serving": "Neutral", "shadow": "Positive"}, 20.0),
+             ("sentistream_shadow_predictions_total", {"serving": "Neutral", "shadow": "Neutral"}, 10.0),
+             ("sentistream_shadow_info", {"name": "m", "version": "2.0.0", "sha256": "y"}, 1),
+             ("sentistream_model_info", {"name": "m", "version": "0.9.0", "sha256": "z"}, 0)]
+    now = Snapshot(snap(10, 10, 0, 0).samples + pairs)
+    row = compare(Reading("u", 0.0, snap(0, 0, 0, 0)), Reading("u", 1.0, now))
+    assert row.shadow == "m 2.0.0: 80.0% agree of 100" and row.model == "m 1.2.3"
+    console = Console(record=True, width=160)
+    console.print(render([row], 1.0))
+    assert "80.0% agree of 100" in console.export_text()

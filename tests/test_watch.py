@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from sentistream.cli.local_kafka import free_port
+from sentistream.worker.bundle import default_bundle_path
 from tests.cluster import KafkaCluster
 from tests.test_deploy import DEPLOY, tool
 from tests.workers import REPO, WorkerProcess, json_items
@@ -33,6 +34,17 @@ BAD = [(b"bad", b"\xff\xfe"), (b"bad", b"{nope"), (b"bad", b'{"text": ""}')]
 @pytest.fixture
 def live_worker(topics, tmp_path: Path) -> Iterator[WorkerProcess]:
     w = WorkerProcess(topics()).start(tmp_path)
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        assert w.stop() == 0, w.log()
+
+
+@pytest.fixture
+def shadowed_worker(topics, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A live worker with a shadow bundle (the shipped one again), so the shadow panels have data."""
+    w = WorkerProcess(topics(), ["--shadow-bundle", str(default_bundle_path())]).start(tmp_path)
     try:
         w.wait_ready()
         yield w
@@ -95,8 +107,9 @@ def eventually(url: str, expr: str, timeout: float = 15) -> list[float]:
     return values
 
 
-def test_every_dashboard_panel_and_recording_rule_has_data(kafka: KafkaCluster, live_worker: WorkerProcess,
+def test_every_dashboard_panel_and_recording_rule_has_data(kafka: KafkaCluster, shadowed_worker: WorkerProcess,
                                                             tmp_path: Path) -> None:
+    live_worker = shadowed_worker
     with prometheus([f"127.0.0.1:{live_worker.port}"], tmp_path) as prom:
         assert eventually(prom, 'up{job="sentistream"} == 1'), "Prometheus never scraped the worker"
         # two waves, scrapes between them: every counter series exists before it increases

@@ -10,11 +10,12 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-CONTRACT_VERSION = "1.1"  # 1.1: results gained "tokens" and "truncated"
+# 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results
+CONTRACT_VERSION = "1.2"
 HEADER_PREFIX = "sentistream-"
 
 
@@ -55,6 +56,8 @@ class InputMessage(BaseModel):
     id: StrictStr | StrictInt | None = Field(default=None, description="your id (string or integer); "
                                              "default: topic/partition/offset")
     text: StrictStr = Field(description="a sentence, or a whole review when sentence splitting is on")
+    split: StrictBool | None = Field(default=None, description="true: the text is a whole review, split it into "
+                                     "sentences (and get a review result); default: the worker's split_sentences")
 
 
 class ModelRef(BaseModel):
@@ -71,6 +74,7 @@ class SourceRef(BaseModel):
 class Result(BaseModel):
     """One classified sentence on the output topic."""
 
+    kind: Literal["sentence"] = "sentence"
     id: str
     text: str
     label: str
@@ -84,6 +88,40 @@ class Result(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     doc_id: str | None = Field(default=None, description="set when sentence splitting is on")
     sentence_index: int | None = Field(default=None, description="0-based, with doc_id")
+
+
+class ReviewResult(BaseModel):
+    """One split record (a whole review) on the output topic, after its sentences' results and in
+    the same delivery unit (transaction) as they are."""
+
+    kind: Literal["review"] = "review"
+    id: str = Field(description="the record's id; its sentences' results carry it as doc_id")
+    sentences: int
+    label_counts: dict[str, int] = Field(description="sentences per label (every label of the model)")
+    scores: dict[str, float] = Field(description="the mean of the sentences' class probabilities")
+    label: str = Field(description="the label with the highest mean probability")
+    label_id: int
+    score: float = Field(ge=-1, le=1, description="expected position on the label scale, read from most "
+                         "negative (first label, -1) to most positive (last label, +1)")
+    model: ModelRef
+    source: SourceRef
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+def review_of(review_id: str, labels: list[str], predicted: list[str], scores: list[dict[str, float]],
+              model: ModelRef, source: SourceRef, meta: dict[str, Any]) -> ReviewResult:
+    """The review result of one record from its sentences' labels and class probabilities;
+    ``labels``: the model's, in order."""
+    counts = dict.fromkeys(labels, 0)
+    for label in predicted:
+        counts[label] += 1
+    mean = {label: round(sum(row[label] for row in scores) / len(scores), 6) for label in labels}
+    best = max(range(len(labels)), key=lambda i: mean[labels[i]])
+    steps = len(labels) - 1
+    score = sum(mean[label] * (2 * i / steps - 1) for i, label in enumerate(labels)) if steps else 0.0
+    return ReviewResult(id=review_id, sentences=len(scores), label_counts=counts, scores=mean, label=labels[best],
+                        label_id=best, score=round(max(-1.0, min(1.0, score)), 6), model=model, source=source,
+                        meta=meta)
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -114,8 +152,28 @@ BOM = "\ufeff"
 _JSON_SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|null|true|false")
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A readable input record: its id, text, carried fields, and whether it asked to be split
+    (``None``: it did not say)."""
+
+    id: str
+    text: str
+    meta: dict[str, Any]
+    split: bool | None = None
+
+    def as_tuple(self) -> tuple[str, str, dict[str, Any]]:
+        return self.id, self.text, self.meta
+
+
 def decode(record: RawRecord, max_bytes: int) -> tuple[str, str, dict[str, Any]] | Rejection:
-    """Raw record -> (id, text, meta), or the reason it cannot be classified. Never raises.
+    """Raw record -> (id, text, meta), or the reason it cannot be classified (:func:`parse`)."""
+    out = parse(record, max_bytes)
+    return out if isinstance(out, Rejection) else out.as_tuple()
+
+
+def parse(record: RawRecord, max_bytes: int) -> Parsed | Rejection:
+    """Raw record -> :class:`Parsed`, or the reason it cannot be classified. Never raises.
 
     A JSON object is the structured form; a JSON string's content is the text; any other JSON
     value (null, a number, a boolean, an array) is refused; anything else is plain text. A UTF-8
@@ -145,14 +203,14 @@ def decode(record: RawRecord, max_bytes: int) -> tuple[str, str, dict[str, Any]]
         text = parsed
     if not _has_text(text):
         return Rejection(record, Reason.EMPTY_TEXT, "text is empty")
-    return derived_id(record), text, {}
+    return Parsed(derived_id(record), text, {})
 
 
 def _has_text(text: str) -> bool:
     return bool(text.replace("\x00", "").strip())
 
 
-def _decode_object(record: RawRecord, text: str) -> tuple[str, str, dict[str, Any]] | Rejection:
+def _decode_object(record: RawRecord, text: str) -> Parsed | Rejection:
     try:
         message = InputMessage.model_validate_json(text)
     except ValidationError as exc:
@@ -163,7 +221,7 @@ def _decode_object(record: RawRecord, text: str) -> tuple[str, str, dict[str, An
         return Rejection(record, Reason.EMPTY_TEXT, "field 'text' is empty")
     meta = dict(message.model_extra or {})
     msg_id = derived_id(record) if message.id is None else str(message.id)
-    return msg_id, message.text, meta
+    return Parsed(msg_id, message.text, meta, message.split)
 
 
 def _rejection_from(record: RawRecord, exc: ValidationError) -> Rejection:
@@ -188,9 +246,15 @@ def to_sentences(record: RawRecord, decoded: tuple[str, str, dict[str, Any]],
 
 
 # -- output ----------------------------------------------------------------------------------
-def result_headers(record: RawRecord, model: ModelRef) -> list[tuple[str, bytes]]:
+def result_headers(record: RawRecord, model: ModelRef, shadow: ModelRef | None = None,
+                   kind: str = "sentence") -> list[tuple[str, bytes]]:
+    """Ours: the model that made the result, the contract, the result's kind, and (while a
+    candidate runs beside the serving model) ``sentistream-shadow``: the candidate that saw it too."""
     own = [(f"{HEADER_PREFIX}model", f"{model.name}:{model.version}".encode()),
-           (f"{HEADER_PREFIX}contract", CONTRACT_VERSION.encode())]
+           (f"{HEADER_PREFIX}contract", CONTRACT_VERSION.encode()),
+           (f"{HEADER_PREFIX}kind", kind.encode())]
+    if shadow is not None:
+        own.append((f"{HEADER_PREFIX}shadow", f"{shadow.name}:{shadow.version}".encode()))
     return _carried(record) + own
 
 
@@ -220,7 +284,8 @@ def encoded_size(key: bytes | None, value: bytes | None, headers: list[tuple[str
 
 
 def json_schemas() -> dict[str, dict]:
-    return {"input": InputMessage.model_json_schema(), "result": Result.model_json_schema()}
+    return {"input": InputMessage.model_json_schema(), "result": Result.model_json_schema(),
+            "review": ReviewResult.model_json_schema()}
 
 
 def dump_schemas() -> str:

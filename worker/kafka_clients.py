@@ -142,6 +142,18 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+def control_topic_spec(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The model-command topic (worker/control.py): one partition (commands stay in order),
+    compacted (the latest command per key is kept for workers that start later)."""
+    return {settings.control_topic: {"num_partitions": 1, "configs": {"cleanup.policy": "compact"}}}
+
+
+def control_consumer(settings: Settings, bootstrap: str) -> KafkaConsumer:
+    """A group-less consumer for the control topic: every worker reads every command."""
+    return consumer(settings, bootstrap, group_id=None, client_id=f"{settings.client_id}-control",
+                    max_poll_records=100)
+
+
 def ensure_topics(client: KafkaAdminClient, specs: dict[str, dict[str, Any]]) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Idempotent."""
     existing = set(client.list_topics())

@@ -14,13 +14,16 @@ import socket
 import time
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
 
 from sentistream.worker import intake, kafka_clients
 from sentistream.worker.batching import Collector, CostModel, LatencyTarget
 from sentistream.worker.bundle import Bundle, default_bundle_path
+from sentistream.worker.control import ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
 from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
 from sentistream.worker.metrics import WorkerMetrics
+from sentistream.worker.model_ops import ModelOps
 from sentistream.worker.pipeline import Decoded, Pipeline
 from sentistream.worker.settings import Settings
 
@@ -32,6 +35,8 @@ LAG_EVERY_S = 2.0
 # together, so the wider the window the less padding (docs/performance.md).
 POLL_BATCHES = 8
 IDLE_POLL_MS = 500
+CONTROL_EVERY_S = 0.25  # how often the loop looks at the control topic
+CONTROL_RETRY_S = 30.0  # after the control topic could not be read
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -67,6 +72,11 @@ class Worker:
 
             splitter = make_splitter()
         self.pipeline = Pipeline(settings, self.bundle, metrics, splitter)
+        self.ops = ModelOps(settings, self.pipeline, metrics)
+        if settings.shadow_bundle is not None:
+            self.ops.start_shadow(settings.shadow_bundle)
+        self.control: ControlReader | None = None
+        self._next_control_at = 0.0
         self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
         self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
         self.chunk = settings.batch_size * POLL_BATCHES
@@ -106,6 +116,7 @@ class Worker:
             admin = kafka_clients.admin(s, bootstrap)
             try:
                 self.pipeline.fit_topics(kafka_clients.topic_max_bytes(admin, [s.output_topic, s.dlq_topic]))
+                self.control = self._open_control(admin, bootstrap, stack)
             finally:
                 admin.close()
             self._probe = lambda: kafka_clients.consumer(s, bootstrap, group_id=None, client_id=f"{s.client_id}-probe")
@@ -138,6 +149,7 @@ class Worker:
     # -- one turn of the loop ------------------------------------------------------------------
     def turn(self) -> None:
         self._turned()
+        self._model_ops()
         if self.delivery.has_room():
             # Idle: a long poll. Holding records: only look at what is already waiting.
             timeout_ms = 0 if len(self.collector) else IDLE_POLL_MS
@@ -151,6 +163,37 @@ class Worker:
         self._rewound(self.delivery.checkpoint())
         self._check_broker()
         self._report_lag()
+
+    def _open_control(self, admin, bootstrap: str, stack: contextlib.ExitStack) -> ControlReader | None:
+        """The control topic's reader (the topic is created if missing), after replaying what it
+        holds; None (run-time model control off, logged) when it cannot be read."""
+        s = self.settings
+        try:
+            kafka_clients.ensure_topics(admin, kafka_clients.control_topic_spec(s))
+            consumer = kafka_clients.control_consumer(s, bootstrap)
+            stack.callback(consumer.close)
+            reader = ControlReader(consumer, s.control_topic)
+            self.ops.replay(reader.backlog())
+        except KafkaError as exc:
+            log.warning("control topic %s cannot be read (%s): run-time model control is off", s.control_topic, exc)
+            return None
+        return reader
+
+    def _model_ops(self) -> None:
+        """Between two pieces of work: carry out new control commands, then ``--swap-when``."""
+        now = time.monotonic()
+        if self.control is not None and now >= self._next_control_at:
+            self._next_control_at = now + CONTROL_EVERY_S
+            try:
+                received = self.control.poll()
+            except KafkaError as exc:  # e.g. not authorized to read it: serving goes on, retried later
+                self._next_control_at = now + CONTROL_RETRY_S
+                log.warning("control topic %s cannot be read (%s); retrying in %.0f s", self.control.topic, exc,
+                            CONTROL_RETRY_S)
+                received = []
+            for command in received:
+                self.ops.apply(command)
+        self.ops.check_rule()
 
     def _cut(self) -> int:
         """How much (in sentences) to classify now: up to POLL_BATCHES batches, or what the

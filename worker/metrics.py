@@ -72,6 +72,31 @@ class WorkerMetrics:
                             registry=r, multiprocess_mode="livesum")
         self.assigned = Gauge("sentistream_assigned_partitions", "Partitions this worker owns.",
                               registry=r, multiprocess_mode="livesum")
+        self.shadow_agreement = Gauge("sentistream_shadow_agreement_ratio", "Share of sentences on which the "
+                                      "shadow (candidate) bundle agreed with the serving one, since it started.",
+                                      registry=r, multiprocess_mode="liveall")
+        self.shadow_confusion = Counter("sentistream_shadow_predictions_total", "Sentences classified by both the "
+                                        "serving and the shadow bundle, by their two labels (the confusion "
+                                        "between them).", ["serving", "shadow"], registry=r)
+        self.shadow_inference_seconds = Histogram("sentistream_shadow_inference_seconds",
+                                                  "Padding + onnxruntime time per batch of the shadow bundle.",
+                                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_info = Gauge("sentistream_shadow_info", "The shadow (candidate) bundle running beside the "
+                                 "serving one (value 1).", ["name", "version", "sha256"], registry=r,
+                                 multiprocess_mode="livemax")
+        self.shadow_dropped = Counter("sentistream_shadow_dropped_total", "Shadow bundles dropped because they "
+                                      "failed to load or failed on a batch (serving went on).", ["reason"],
+                                      registry=r)
+        self.model_swaps = Counter("sentistream_model_swaps_total", "Times the serving bundle changed without a "
+                                   "restart, by command (promote, rollback, auto).", ["command"], registry=r)
+        self.control_refused = Counter("sentistream_control_refused_total", "Control-topic commands refused "
+                                       "(nothing changed), by reason.", ["reason"], registry=r)
+        for reason in ("load_failed", "crashed"):
+            self.shadow_dropped.labels(reason)
+        for command in ("promote", "rollback", "auto"):
+            self.model_swaps.labels(command)
+        for reason in ("unknown_bundle", "hash_mismatch", "label_change", "load_failed", "invalid_command"):
+            self.control_refused.labels(reason)
         for reason in Reason:  # every series exists from the start, so rate() sees its first increase
             self.dead_lettered.labels(reason.value)
         for problem in PROBLEMS:
@@ -85,6 +110,10 @@ class WorkerMetrics:
         self.model_info.labels(name, version, sha256).set(1)
         for label in labels:
             self.classified.labels(label)
+
+    def retired(self, name: str, version: str, sha256: str) -> None:
+        """The bundle no longer serves (swapped out without a restart)."""
+        self.model_info.labels(name, version, sha256).set(0)
 
 
 class SupervisorMetrics:

@@ -27,9 +27,10 @@ from sentistream.worker.contract import (
     Sentence,
     SourceRef,
     dead_letter_headers,
-    decode,
     encoded_size,
+    parse,
     result_headers,
+    review_of,
     to_sentences,
 )
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from sentistream.worker.bundle import Bundle, Prediction
     from sentistream.worker.metrics import WorkerMetrics
     from sentistream.worker.settings import Settings
+    from sentistream.worker.shadow import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Decoded:
     record: RawRecord
     sentences: list[Sentence]
     rejection: Rejection | None = None
+    review: bool = False  # split into sentences: one review result follows its sentences' results
 
     @property
     def weight(self) -> int:
@@ -115,6 +118,7 @@ class Pipeline:
         self.splitter = splitter
         m = bundle.manifest
         self.model = ModelRef(name=m.name, version=m.version)
+        self.shadow: Shadow | None = None  # a candidate classifying every batch beside the bundle
         self.cost: CostModel | None = None  # set by a latency-target worker: learns from every batch
         self.result_limit = settings.max_result_bytes
         self.dead_letter_limit = kafka_clients.BROKER_DEFAULT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
@@ -130,34 +134,62 @@ class Pipeline:
     def decode(self, record: RawRecord) -> Decoded:
         if isinstance(record, UnreadableRecord):
             return Decoded(record, [], Rejection(record, Reason.UNREADABLE_RECORD, record.error[:300]))
-        decoded = decode(record, self.settings.max_message_bytes)
-        if isinstance(decoded, Rejection):
-            return Decoded(record, [], decoded)
-        if self.splitter is not None:
+        parsed = parse(record, self.settings.max_message_bytes)
+        if isinstance(parsed, Rejection):
+            return Decoded(record, [], parsed)
+        split = self.settings.split_sentences if parsed.split is None else parsed.split
+        if split:
             limit = self.settings.max_sentences
-            estimate = len(_SENTENCE_END.findall(decoded[1]))
+            estimate = len(_SENTENCE_END.findall(parsed.text))
             if estimate > limit:
                 return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
                                                      f"about {estimate} sentences > limit {limit}"))
-        sentences = to_sentences(record, decoded, self.splitter)
+        sentences = to_sentences(record, parsed.as_tuple(), self._splitter() if split else None)
         if len(sentences) > self.settings.max_sentences:
             return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
                                                  f"{len(sentences)} sentences > limit {self.settings.max_sentences}"))
-        return Decoded(record, sentences)
+        return Decoded(record, sentences, review=split)
+
+    def _splitter(self) -> Callable[[str], list[str]]:
+        """The sentence splitter, made on first use (a message may ask for splitting when the
+        worker does not split by default)."""
+        if self.splitter is None:
+            from sentistream.worker.splitting import make_splitter
+
+            self.splitter = make_splitter()
+        return self.splitter
 
     # -- classify and build messages -----------------------------------------------------------
     def handle(self, decoded: Sequence[Decoded]) -> list[Handled]:
         """Classify the records' sentences together (batched by token count) and build, per
         record, its result messages or its dead letter."""
         sentences = [s for d in decoded if d.rejection is None for s in d.sentences]
-        outcomes = iter(self._classify(sentences))
+        classified = self._classify(sentences)
+        shadowed = self._shadow(sentences, classified)
+        outcomes = iter(classified)
         handled = []
         for d in decoded:
             mine = [] if d.rejection else [next(outcomes) for _ in d.sentences]
             error = next((o for o in mine if isinstance(o, Exception)), None)
             rejection = d.rejection or (Rejection(d.record, Reason.MODEL_ERROR, _one_line(error)) if error else None)
-            handled.append(self._results(d, mine) if rejection is None else self.dead_letter(rejection))
+            handled.append(self._results(d, mine, shadowed) if rejection is None else self.dead_letter(rejection))
         return handled
+
+    def _shadow(self, sentences: list[Sentence], classified: list[Classified | Exception]) -> ModelRef | None:
+        """Have the shadow (if any) classify the sentences the serving model classified and
+        compare; a shadow that fails is dropped here and serving goes on. Returns the shadow's
+        model when it saw these sentences."""
+        shadow = self.shadow
+        if shadow is None:
+            return None
+        pairs = [(s.text, c.prediction.label) for s, c in zip(sentences, classified, strict=True)
+                 if isinstance(c, Classified)]
+        if not pairs:
+            return shadow.model
+        if not shadow.compare([t for t, _ in pairs], [label for _, label in pairs]):
+            self.shadow = None
+            return None
+        return shadow.model
 
     def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
         """The dead letter for ``rejection``: the original key, value and headers plus ours. A
@@ -174,22 +206,32 @@ class Pipeline:
                                dead_letter=True, stub=True)
         return Handled(r, [message], rejection)
 
-    def _results(self, d: Decoded, classified: list[Classified]) -> Handled:
+    def _results(self, d: Decoded, classified: list[Classified], shadow: ModelRef | None = None) -> Handled:
+        """The record's sentence results and, for a split record, its review result: one Handled,
+        so they share the delivery unit (exactly-once: one transaction)."""
         r = d.record
-        headers = result_headers(r, self.model)
+        headers = result_headers(r, self.model, shadow)
         source = SourceRef(topic=r.topic, partition=r.partition, offset=r.offset)
-        messages, labels = [], []
+        values, labels = [], []
         for s, c in zip(d.sentences, classified, strict=True):
             p = c.prediction
-            value = Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
-                           tokens=c.tokens, truncated=c.truncated, model=self.model, source=source, meta=s.meta,
-                           doc_id=s.doc_id, sentence_index=s.sentence_index).model_dump_json().encode()
-            size = encoded_size(r.key, value, headers)
+            values.append((Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
+                                  tokens=c.tokens, truncated=c.truncated, model=self.model, source=source,
+                                  meta=s.meta, doc_id=s.doc_id, sentence_index=s.sentence_index)
+                           .model_dump_json().encode(), headers))
+            labels.append(p.label)
+        if d.review:
+            first = d.sentences[0]
+            review = review_of(first.doc_id or first.id, list(self.bundle.manifest.labels), labels,
+                               [c.prediction.scores for c in classified], self.model, source, first.meta)
+            values.append((review.model_dump_json().encode(), result_headers(r, self.model, shadow, kind="review")))
+        messages = []
+        for value, own in values:
+            size = encoded_size(r.key, value, own)
             if size > self.result_limit:
                 return self.dead_letter(Rejection(r, Reason.RESULT_TOO_LARGE, f"a result of {size} bytes (value, key "
                                                   f"and headers) > limit {self.result_limit}"))
-            messages.append(Outgoing(self.settings.output_topic, r.key, value, headers))
-            labels.append(p.label)
+            messages.append(Outgoing(self.settings.output_topic, r.key, value, own))
         return Handled(r, messages, labels=labels)
 
     def _classify(self, sentences: list[Sentence]) -> list[Classified | Exception]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sentistream.worker.swap_rule import SwapRule
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 Rebalance = Literal["cooperative", "eager"]
@@ -69,6 +71,16 @@ class Settings(BaseSettings):
                                   "and headers) is dead-lettered (result_too_large); keep it under the output "
                                   "topic's max.message.bytes")
 
+    # Live model operations (README "Model operations")
+    shadow_bundle: Path | None = Field(default=None, description="a candidate bundle that classifies every batch "
+                                       "beside the serving one; only the serving one's results are published")
+    swap_when: str | None = Field(default=None, description="promote the shadow by itself once, e.g. "
+                                  "agreement>=0.97,after=10000 (sentences compared)")
+    allow_label_change: bool = Field(default=False, description="let --swap-when promote a shadow whose labels "
+                                     "differ from the serving bundle's")
+    control_topic: str = Field(default="sentences.control", description="compacted topic of model commands "
+                               "(sentistream model …) that every worker reads; the worker creates it if missing")
+
     # Delivery and flow control
     delivery: DeliveryMode = "at-least-once"
     max_in_flight_batches: int = Field(default=4, ge=1)
@@ -93,6 +105,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 turns it off")
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
+
+    @field_validator("swap_when")
+    @classmethod
+    def _check_swap_when(cls, value: str | None) -> str | None:
+        if value is not None:
+            SwapRule.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

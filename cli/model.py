@@ -1,0 +1,148 @@
+"""``sentistream model shadow|promote|rollback|status``: write and read the control topic that
+every worker of a group follows (worker/control.py), so all replicas move together.
+
+A command is checked here before it is written (the bundle exists, its manifest's sha256 matches
+``--sha256`` when given, its labels are the serving bundle's unless ``--allow-label-change``) and
+again by every worker before anything loads; a refusal is one line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sentistream.cli.flags import with_settings_flags
+from sentistream.worker.errors import UserError
+
+model_app = typer.Typer(no_args_is_help=True, help="Live model operations: shadow, promote, rollback, status.")
+
+SETTINGS = ("bootstrap_servers", "control_topic", "bundle")
+Sha256Opt = Annotated[str | None, typer.Option("--sha256", help="the manifest.json's sha256 you expect; "
+                                               "refused if the bundle's differs")]
+AllowOpt = Annotated[bool, typer.Option("--allow-label-change", help="accept labels that differ from the "
+                                        "serving bundle's")]
+
+
+def _settings(flags: dict[str, Any]):
+    from sentistream.cli.app import client_settings
+
+    return client_settings(**flags)
+
+
+def _state(settings) -> dict[str, Any]:
+    """The latest serving and shadow commands on the control topic (none: empty)."""
+    from sentistream.worker import kafka_clients
+    from sentistream.worker.control import ControlReader, latest_state
+
+    bootstrap = kafka_clients.resolve_bootstrap(settings)
+    admin = kafka_clients.admin(settings, bootstrap)
+    try:
+        if settings.control_topic not in set(admin.list_topics()):
+            return {}
+    finally:
+        admin.close()
+    consumer = kafka_clients.control_consumer(settings, bootstrap)
+    try:
+        return {r.command.key: r for r in latest_state(ControlReader(consumer, settings.control_topic).backlog())}
+    finally:
+        consumer.close()
+
+
+def _serving_labels(settings, state: dict[str, Any]) -> list[str]:
+    from sentistream.worker.bundle import Manifest, default_bundle_path
+    from sentistream.worker.control import bundle_path
+
+    serving = state.get("serving")
+    path = bundle_path(serving.command.bundle) if serving else Path(settings.bundle or default_bundle_path())
+    return list(Manifest.read(path).labels)
+
+
+def write(settings, command: str, bundle: Path, sha256: str | None = None, allow_label_change: bool = False,
+          state: dict[str, Any] | None = None) -> str:
+    """Check and write one command; return the line that says what was written. UserError (one
+    line, nothing written) for a bad command."""
+    from sentistream.worker import kafka_clients
+    from sentistream.worker.bundle import Manifest
+    from sentistream.worker.control import Command, manifest_digest
+
+    bundle = bundle.absolute()
+    manifest = Manifest.read(bundle)  # BundleError: not a bundle
+    digest = manifest_digest(bundle)
+    if sha256 is not None and sha256.lower() != digest:
+        raise UserError(f"refused: {bundle}/manifest.json has sha256 {digest[:12]}…, --sha256 says {sha256[:12]}…; "
+                        "nothing written")
+    labels = _serving_labels(settings, _state(settings) if state is None else state)
+    if list(manifest.labels) != labels and not allow_label_change:
+        raise UserError(f"refused: {bundle} has labels {manifest.labels}, the serving bundle {labels} "
+                        "(--allow-label-change accepts it); nothing written")
+    cmd = Command(command=command, bundle=str(bundle), sha256=digest, allow_label_change=allow_label_change,
+                  issued_by=socket.gethostname())
+    bootstrap = kafka_clients.resolve_bootstrap(settings)
+    admin = kafka_clients.admin(settings, bootstrap)
+    try:
+        kafka_clients.ensure_topics(admin, kafka_clients.control_topic_spec(settings))
+    finally:
+        admin.close()
+    producer = kafka_clients.producer(settings, bootstrap)
+    try:
+        key, value = cmd.encode()
+        meta = producer.send(settings.control_topic, key=key, value=value).get(timeout=30)
+    finally:
+        producer.close(10)
+    return (f"{command} {manifest.name} {manifest.version} (manifest sha256 {digest[:12]}…) written to "
+            f"{meta.topic}[{meta.partition}]@{meta.offset}; workers switch between two batches")
+
+
+@model_app.command("shadow")
+@with_settings_flags(SETTINGS)
+def shadow_cmd(directory: Annotated[Path, typer.Argument(help="candidate bundle directory (as the workers see it)")],
+               sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
+    """Run a candidate bundle beside the serving one on every worker; only the serving one publishes."""
+    typer.echo(write(_settings(flags), "shadow", directory, sha256, allow_label_change))
+
+
+@model_app.command("promote")
+@with_settings_flags(SETTINGS)
+def promote_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle to serve; default: the shadow's")] = None,
+                sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
+    """Serve a bundle (by default the shadow) on every worker, from their next batch on."""
+    from sentistream.worker.control import bundle_path
+
+    settings = _settings(flags)
+    state = None  # read once needed: a bad --sha256 is refused before any Kafka call
+    if directory is None:
+        state = _state(settings)
+        if "shadow" not in state:
+            raise UserError("refused: no shadow to promote (name a bundle); nothing written")
+        directory = bundle_path(state["shadow"].command.bundle)
+    typer.echo(write(settings, "promote", directory, sha256, allow_label_change, state))
+
+
+@model_app.command("rollback")
+@with_settings_flags(SETTINGS)
+def rollback_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle to serve; default: --bundle, "
+                                                                       "else the shipped one")] = None,
+                 sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
+    """Serve an earlier bundle on every worker and stop the shadow."""
+    from sentistream.worker.bundle import default_bundle_path
+
+    settings = _settings(flags)
+    target = directory or Path(settings.bundle or default_bundle_path())
+    typer.echo(write(settings, "rollback", target, sha256, allow_label_change))
+
+
+@model_app.command("status")
+@with_settings_flags(("bootstrap_servers", "control_topic"))
+def status_cmd(**flags: Any) -> None:
+    """What the control topic tells the workers to serve and to shadow."""
+    settings = _settings(flags)
+    state = _state(settings)
+    if not state:
+        typer.echo(f"{settings.control_topic}: no command yet (workers serve their --bundle)")
+    for key in ("serving", "shadow"):
+        if key in state:
+            c = state[key].command
+            typer.echo(f"{key:<8} {c.command:<8} {c.bundle} (manifest sha256 {c.sha256[:12]}…) at {state[key].where}")

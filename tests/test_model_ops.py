@@ -1,0 +1,178 @@
+"""Live model operations without Kafka: a shadow beside the serving bundle, promotion, rollback,
+refused commands (worker/shadow.py, worker/model_ops.py, worker/control.py)."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
+from sentistream.worker.control import Command, Received, latest_state, manifest_digest, read_command
+from sentistream.worker.metrics import WorkerMetrics
+from sentistream.worker.model_ops import ModelOps
+from sentistream.worker.pipeline import Pipeline
+from sentistream.worker.settings import Settings
+from sentistream.worker.swap_rule import SwapRule
+from tests.candidates import candidate_bundle
+from tests.streams import TEXTS
+
+Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
+SERVING = Manifest.read(default_bundle_path()).version  # the shipped bundle's
+
+
+@pytest.fixture(scope="module")
+def candidate(tmp_path_factory) -> Path:
+    return candidate_bundle(tmp_path_factory.mktemp("candidate") / "short")
+
+
+@pytest.fixture
+def ops() -> tuple[ModelOps, CollectorRegistry]:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    pipeline = Pipeline(Settings(batch_size=4), Bundle(default_bundle_path()), metrics)
+    return ModelOps(pipeline.settings, pipeline, metrics), registry
+
+
+def handle(ops: ModelOps, texts: list[str], first: int = 0) -> list[dict]:
+    p = ops.pipeline
+    handled = p.handle([p.decode(Rec("in", 0, first + i, 0, None, json.dumps({"id": f"m{first + i}", "text": t})
+                                     .encode(), [])) for i, t in enumerate(texts)])
+    return [{**json.loads(m.value), "headers": dict(m.headers)} for h in handled for m in h.messages]
+
+
+def command(name: str, path: Path, **extra) -> Received:
+    return Received("ctl[0]@7", Command(command=name, bundle=str(path), sha256=manifest_digest(path), **extra))
+
+
+def value(registry: CollectorRegistry, metric: str, /, **labels: str) -> float:
+    return registry.get_sample_value(metric, labels) or 0.0
+
+
+def test_the_shadow_sees_every_sentence_and_its_agreement_matches_an_offline_comparison(ops, candidate) -> None:
+    ops_, registry = ops
+    assert ops_.start_shadow(candidate)
+    texts = TEXTS * 9 + TEXTS[:2]  # 47 sentences, several batches
+    results = handle(ops_, texts)
+    serving, shadow = Bundle(default_bundle_path()), Bundle(candidate)
+    offline = [a.label == b.label for a, b in zip(serving.classify(texts), shadow.classify(texts), strict=True)]
+    assert 0 < sum(offline) < len(texts)  # the two disagree on some sentences: the test can tell
+    assert value(registry, "sentistream_shadow_agreement_ratio") == pytest.approx(sum(offline) / len(texts))
+    confusion = {(s.labels["serving"], s.labels["shadow"]): s.value for s in registry.collect()
+                 for s in s.samples if s.name == "sentistream_shadow_predictions_total"}
+    assert sum(confusion.values()) == len(texts)
+    assert sum(n for (a, b), n in confusion.items() if a == b) == sum(offline)
+    # only the serving model's results are published; each says the shadow saw it
+    assert {r["model"]["version"] for r in results} == {SERVING}
+    assert {r["headers"]["sentistream-shadow"] for r in results} == {b"sst5-minilm:1.1.0-short"}
+    assert [r["label"] for r in results] == [p.label for p in serving.classify(texts)]
+    assert value(registry, "sentistream_shadow_inference_seconds_count") >= 2
+
+
+def test_a_shadow_that_crashes_is_dropped_and_serving_goes_on(ops, candidate) -> None:
+    ops_, registry = ops
+    ops_.start_shadow(candidate)
+
+    def broken(_encodings):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
+
+    ops_.shadow.bundle.classify_encoded = broken
+    results = handle(ops_, TEXTS)
+    assert len(results) == len(TEXTS) and all("sentistream-shadow" not in r["headers"] for r in results)
+    assert ops_.shadow is None and value(registry, "sentistream_shadow_dropped_total", reason="crashed") == 1
+    assert value(registry, "sentistream_shadow_info", name="sst5-minilm", version="1.1.0-short",
+                 sha256=Bundle(candidate).manifest.files["model.onnx"]) == 0
+    assert len(handle(ops_, TEXTS, first=10)) == len(TEXTS)
+
+
+def test_a_shadow_that_cannot_load_is_dropped_with_a_metric(ops, tmp_path) -> None:
+    ops_, registry = ops
+    broken = candidate_bundle(tmp_path / "broken")
+    (broken / "model.onnx").unlink()
+    (broken / "model.onnx").write_bytes(b"not a model")
+    assert not ops_.start_shadow(broken)
+    assert ops_.shadow is None and value(registry, "sentistream_shadow_dropped_total", reason="load_failed") == 1
+    assert len(handle(ops_, TEXTS)) == len(TEXTS)
+
+
+def test_shadow_then_promote_switches_between_batches_and_results_say_which_version(ops, candidate) -> None:
+    ops_, registry = ops
+    ops_.apply(command("shadow", candidate))
+    before = handle(ops_, TEXTS)
+    ops_.apply(command("promote", candidate))
+    after = handle(ops_, TEXTS, first=5)
+    assert {r["model"]["version"] for r in before} == {SERVING}
+    assert {r["model"]["version"] for r in after} == {"1.1.0-short"}
+    assert {r["headers"]["sentistream-model"] for r in after} == {b"sst5-minilm:1.1.0-short"}
+    assert [r["label"] for r in after] == [p.label for p in Bundle(candidate).classify(TEXTS)]
+    assert ops_.shadow is None and value(registry, "sentistream_model_swaps_total", command="promote") == 1
+    sha = Bundle(default_bundle_path()).manifest.files["model.onnx"]
+    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SERVING, sha256=sha) == 0
+    assert value(registry, "sentistream_model_info", name="sst5-minilm", version="1.1.0-short", sha256=sha) == 1
+    ops_.apply(command("rollback", default_bundle_path()))
+    assert {r["model"]["version"] for r in handle(ops_, TEXTS, first=10)} == {SERVING}
+
+
+def test_bad_commands_are_refused_and_change_nothing(ops, candidate, tmp_path, caplog) -> None:
+    ops_, registry = ops
+    other_labels = candidate_bundle(tmp_path / "labels", version="2.0.0", labels=["a", "b", "c", "d", "e"])
+    bad_hash = Received("ctl[0]@8", Command(command="promote", bundle=str(candidate), sha256="0" * 64))
+    for received in (bad_hash, command("promote", other_labels),
+                     Received("ctl[0]@9", Command(command="shadow", bundle=str(tmp_path / "nowhere"), sha256="ab")),
+                     Received("ctl[0]@10", read_command(b'{"command": "explode"}'))):
+        ops_.apply(received)
+    assert ops_.pipeline.model.version == SERVING and ops_.shadow is None
+    for reason in ("hash_mismatch", "label_change", "unknown_bundle", "invalid_command"):
+        assert value(registry, "sentistream_control_refused_total", reason=reason) == 1, reason
+    assert "ctl[0]@8" in caplog.text and "hash_mismatch" in caplog.text
+    ops_.apply(command("promote", other_labels, allow_label_change=True))
+    assert ops_.pipeline.model.version == "2.0.0"
+
+
+def test_swap_when_promotes_the_shadow_once_it_has_agreed_often_enough(candidate) -> None:
+    assert SwapRule.parse("agreement>=0.97,after=10000") == SwapRule(0.97, 10000)
+    for bad in ("agreement>0.9", "agreement>=1.5,after=10", "after=10"):
+        with pytest.raises(ValueError):
+            SwapRule.parse(bad)
+    metrics = WorkerMetrics(None)
+    settings = Settings(swap_when="agreement>=0.75,after=10", shadow_bundle=candidate)
+    pipeline = Pipeline(settings, Bundle(default_bundle_path()), metrics)
+    ops_ = ModelOps(settings, pipeline, metrics)
+    ops_.start_shadow(candidate)
+    handle(ops_, TEXTS)
+    ops_.check_rule()  # 5 sentences compared: not yet
+    assert pipeline.model.version == SERVING
+    handle(ops_, TEXTS, first=5)
+    ops_.check_rule()  # 10 compared, agreement 0.8
+    assert pipeline.model.version == "1.1.0-short" and ops_.shadow is None
+
+
+def test_the_latest_state_is_the_last_serving_and_shadow_commands(candidate) -> None:
+    a, b = command("shadow", candidate), command("promote", candidate)
+    c = command("shadow", default_bundle_path())
+    assert latest_state([a, b, Received("x", read_command(b"{}")), c]) == [b, c]
+
+
+def test_a_starting_worker_replays_the_latest_command_that_can_be_carried_out(ops, candidate) -> None:
+    ops_, registry = ops
+    forged = Received("ctl[0]@3", Command(command="promote", bundle=str(candidate), sha256="0" * 64))
+    ops_.replay([command("shadow", candidate), command("promote", candidate), forged])
+    assert ops_.pipeline.model.version == "1.1.0-short" and ops_.shadow is None  # promoted: no shadow of itself
+    assert value(registry, "sentistream_control_refused_total", reason="hash_mismatch") == 1
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["shadow", "/nonexistent"], "bundle directory /nonexistent does not exist"),
+    (["promote", str(default_bundle_path()), "--sha256", "0" * 64], "refused: "),
+])
+def test_the_model_command_refuses_a_bad_command_in_one_line_before_any_kafka_call(args, says) -> None:
+    import subprocess
+    import sys
+
+    # no broker answers at port 1: a command that got as far as Kafka would fail otherwise
+    done = subprocess.run([sys.executable, "-m", "sentistream.cli", "model", *args, "--bootstrap", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
