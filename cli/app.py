@@ -394,12 +394,23 @@ def bench_cmd(
     fp32_bundle: Annotated[Path | None, typer.Option(help="an fp32 bundle to compare (export train writes one)")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="PyTorch checkpoint for the naive peer")] = None,
     out: Annotated[Path, typer.Option(help="where bench.md and bench.png go")] = Path("out/bench"),
+    soak: Annotated[float | None, typer.Option(metavar="MINUTES", help="instead: steady load for MINUTES with a "
+                                               "worker restarted every few minutes (memory, latency, loss)")] = None,
+    rate: Annotated[float | None, typer.Option(help="--soak: msgs/s offered; default: half of one worker's "
+                                               "measured peak")] = None,
+    restart_every: Annotated[float | None, typer.Option(metavar="SECONDS", help="--soak: restart the second "
+                                                        "worker this often; default: about 180, a whole number of "
+                                                        "periods per third of the run")] = None,
 ) -> None:
-    """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra)."""
+    """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra).
+    With --soak MINUTES: the soak (needs only the runtime; matplotlib for its plot)."""
     import importlib.util
 
     from rich.console import Console
 
+    if soak is not None or rate is not None or restart_every is not None:
+        _soak(bootstrap, soak, rate, restart_every, out)
+        return
     missing = [m for m in ("matplotlib", "quixstreams", "torch", "transformers") if importlib.util.find_spec(m) is None]
     if missing:  # checked first: a benchmark that dies after minutes helps nobody
         raise UserError(f"sentistream bench needs the bench and export extras (missing: {', '.join(missing)}): "
@@ -411,6 +422,25 @@ def bench_cmd(
     settings = client_settings(bootstrap=bootstrap)
     console = Console()
     console.print(run(settings, 1000 if quick else n, quick, fp32_bundle, checkpoint, out, console))
+
+
+def _soak(bootstrap: str | None, minutes: float | None, rate: float | None, restart_every: float | None,
+          out: Path) -> None:
+    """`bench --soak`: exit 1 with one line naming the failed rules (memory slope, lost, p99 not flat)."""
+    if minutes is None:
+        raise UserError("--rate and --restart-every go with --soak MINUTES")
+    if minutes <= 0 or (rate is not None and rate <= 0):
+        raise UserError("--soak and --rate must be greater than 0")
+    if restart_every is not None and restart_every < 10:
+        raise UserError("--restart-every must be at least 10 seconds (a worker needs that long to start)")
+    from sentistream.bench.soak import default_restart_every, report, run_soak, soak_broker
+
+    with soak_broker(client_settings(bootstrap=bootstrap)) as settings:
+        figures = run_soak(settings, minutes, rate, restart_every or default_restart_every(minutes), out, _echo)
+    _echo(report(figures))
+    if figures.failures:
+        print(f"sentistream: soak failed: {'; '.join(figures.failures)}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 # -- entry point -----------------------------------------------------------------------------
