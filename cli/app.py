@@ -401,6 +401,10 @@ def bench_cmd(
     restart_every: Annotated[float | None, typer.Option(metavar="SECONDS", help="--soak: restart the second "
                                                         "worker this often; default: about 180, a whole number of "
                                                         "periods per third of the run")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="instead: exact per-message latency at 25/50/75 % of "
+                                          "one worker's peak: the worker, a no-op model (transport), a bare "
+                                          "kafka-python echo, the worker with --latency-target-ms 50")] = False,
+    seconds: Annotated[float, typer.Option(min=5, help="--latency: seconds of offered load per row")] = 20.0,
 ) -> None:
     """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra).
     With --soak MINUTES: the soak (needs only the runtime; matplotlib for its plot)."""
@@ -410,6 +414,9 @@ def bench_cmd(
 
     if soak is not None or rate is not None or restart_every is not None:
         _soak(bootstrap, soak, rate, restart_every, out)
+        return
+    if latency:
+        _latency(bootstrap, seconds, out)
         return
     missing = [m for m in ("matplotlib", "quixstreams", "torch", "transformers") if importlib.util.find_spec(m) is None]
     if missing:  # checked first: a benchmark that dies after minutes helps nobody
@@ -441,6 +448,24 @@ def _soak(bootstrap: str | None, minutes: float | None, rate: float | None, rest
     if figures.failures:
         print(f"sentistream: soak failed: {'; '.join(figures.failures)}", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _latency(bootstrap: str | None, seconds: float, out: Path) -> None:
+    """`bench --latency`: writes latency.md into ``out``."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise UserError("sentistream bench --latency needs the export extra (onnx, the data set): "
+                        "pip install 'sentistream[export]'")
+    from sentistream.bench.latency import run
+    from sentistream.bench.run import sentences
+    from sentistream.bench.soak import soak_broker
+    from sentistream.worker.bundle import default_bundle_path
+
+    with soak_broker(client_settings(bootstrap=bootstrap)) as settings:
+        run(settings, settings.bootstrap_servers, settings.bundle or default_bundle_path(), sentences(4000), seconds,
+            out, extra_rows={"target-50": ["--latency-target-ms", "50"]}, say=_echo)
+    _echo(f"written: {out / 'latency.md'}")
 
 
 # -- entry point -----------------------------------------------------------------------------
