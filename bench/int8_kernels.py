@@ -1,4 +1,4 @@
-"""One encoder MatMul three ways on onnxruntime's CPU kernels: why per-token int8 does not pay here.
+"""One encoder MatMul four ways on onnxruntime's CPU kernels: why per-token int8 does not pay here.
 
     python -m bench.int8_kernels [--tokens 640] [--repeat 200]
 
@@ -11,7 +11,9 @@ shapes (hidden 384, FFN 1536) on ``--tokens`` rows (32 sentences of 20 tokens):
 - fp32 ``MatMul``;
 - ``DynamicQuantizeMatMul`` (uint8 activations, one scale per tensor; int8 weights per column);
 - per-token: ``export.quantize.quantize_matmuls_per_token`` (uint8 activations with one scale
-  per row, zero point 128, into ``MatMulInteger``), as ``--method per-token-smoothed`` builds it.
+  per row, zero point 128, into ``MatMulInteger``), as ``--method per-token-smoothed`` builds it;
+- static: ``export.quantize.quantize_matmuls_static`` (QDQ with a fixed activation scale, which
+  onnxruntime fuses into one int8 MatMul), as ``--method static-smoothed`` builds it.
 
 1 thread; ratios are against fp32 in the same run. Needs onnx and onnxruntime (no torch).
 """
@@ -43,7 +45,8 @@ def _model(node, inits: dict[str, np.ndarray], k: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
-def sessions(w: np.ndarray) -> dict[str, ort.InferenceSession]:
+def sessions(w: np.ndarray, x: np.ndarray) -> dict[str, ort.InferenceSession]:
+    """The three kernels for weight ``w``; the static one calibrated on ``x`` (its min and max)."""
     k, n = w.shape
     fp32 = _model(helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul"), {"w": w}, k)
     per_token = onnx.ModelProto()
@@ -52,8 +55,11 @@ def sessions(w: np.ndarray) -> dict[str, ort.InferenceSession]:
     w_q, w_scale = quant.int8_per_column(w)
     fused = helper.make_node("DynamicQuantizeMatMul", ["x", "w_q", "w_scale", "w_zp"], ["y"], domain="com.microsoft")
     dynamic = _model(fused, {"w_q": w_q, "w_scale": w_scale, "w_zp": np.zeros(n, np.int8)}, k)
+    static = onnx.ModelProto()
+    static.CopyFrom(fp32)
+    quant.quantize_matmuls_static(static, list(static.graph.node), {"x": (float(x.min()), float(x.max()))})
     return {"fp32 MatMul": _session(fp32), "dynamic int8, per tensor": _session(dynamic),
-            "int8, per token": _session(per_token)}
+            "int8, per token": _session(per_token), "static int8, fixed scale": _session(static)}
 
 
 def timed(session: ort.InferenceSession, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
@@ -79,7 +85,7 @@ def main() -> None:
         w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
         x = rng.standard_normal((args.tokens, k)).astype(np.float32)
         base_ms = None
-        for name, session in sessions(w).items():
+        for name, session in sessions(w, x).items():
             ms, y = timed(session, x, args.repeat)
             base_ms = base_ms or ms
             print(f"| {k} × {n} | {name} | {ms:.3f} | {base_ms / ms:.2f} | {np.abs(y - x @ w).max():.3f} |", flush=True)

@@ -1,11 +1,15 @@
-"""Speed and fidelity of onnxruntime int8 variants of an fp32 bundle, on this machine's CPU.
+"""The int8 gate's figures and the speed of int8 recipes of an fp32 bundle, on this machine's CPU.
 
-    python -m bench.quantization --fp32-bundle DIR [--rounds 1]
+    python -m sentistream.bench.quantization --fp32-bundle DIR --baseline-bundle DIR [--rounds 3]
+        [--methods static-smoothed per-token-smoothed ...]
 
-For each variant: bare onnxruntime throughput on the fixed test split (1 thread, the worker's
-batches), its ratio to the fp32 model in the same round, label agreement with fp32, accuracy and
-the largest logit difference. Whether int8 is faster depends on the CPU (VNNI/AMX or not); the
-gate in ``export/quantize.py`` decides what may ship. Needs the export extra (onnx).
+For each recipe (``export/quantize.py`` methods, by name): every figure of the int8 gate
+(``export/gate.py``) against ``--fp32-bundle`` on the fixed test split, and its speed as a ratio
+to ``--baseline-bundle`` (e.g. the weight-only bundle of commit b13f936: ``git show
+b13f936:worker/models/sst5-minilm/FILE``) in bare onnxruntime, 1 thread, the worker's batches.
+The two run interleaved (baseline, recipe, baseline in each round) so that other work on the
+machine slows both alike; read ratios, not times. Whether int8 is faster depends on the CPU, so
+its int8 flags are printed beside the figures. Needs the export extra (onnx, scikit-learn).
 """
 
 from __future__ import annotations
@@ -20,72 +24,83 @@ import numpy as np
 import onnxruntime as ort
 
 from sentistream.export import data
+from sentistream.export import gate as int8_gate
 from sentistream.export import quantize as quant
 from sentistream.worker.batching import token_batches
-from sentistream.worker.bundle import MANIFEST, Bundle, Manifest, session_options
+from sentistream.worker.bundle import Bundle, Manifest, session_options
+
+DEFAULT_METHODS = ("dynamic-per-channel", "static", "static-smoothed", "per-token-smoothed", "weight-only")
+INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def variants(fp32_model: Path, out: Path, calibration: list[str]) -> dict[str, Path]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    logging.getLogger().setLevel(logging.WARNING)  # that module turns the root logger to INFO
-
-    made = {}
-    for per_channel in (False, True):
-        path = out / f"dynamic-{per_channel}.onnx"
-        quantize_dynamic(fp32_model, path, per_channel=per_channel, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"])
-        made[f"dynamic int8, {'per-channel' if per_channel else 'per-tensor'} weights"] = path
-    for block in (32, 128):
-        quantizer = MatMulNBitsQuantizer(onnx.load(fp32_model), bits=8, block_size=block, is_symmetric=True,
-                                         accuracy_level=4)  # int8 compute
-        quantizer.process()
-        path = out / f"nbits-{block}.onnx"
-        onnx.save(quantizer.model.model, path)
-        made[f"MatMulNBits 8-bit, blocks of {block}, int8 compute"] = path
-    for method in quant.AUTO_ORDER:  # what `export --method auto` chooses from
-        quant.quantize(fp32_model.parent, out / method, method=method, calibration_texts=calibration)
-        made[f"export.quantize --method {method}"] = out / method / "model.onnx"
-    return made
+def cpu_int8_flags() -> str:
+    """The CPU's int8-relevant flags from /proc/cpuinfo (VNNI and AMX make int8 MatMuls fast)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{model}: {' '.join(f for f in INT8_FLAGS if f in flags) or 'no int8 dot-product flags'}"
 
 
-def run(model: Path, bundle: Bundle, encodings: list, batches: list[list[int]]) -> tuple[float, np.ndarray]:
-    # a bundle's own session settings, as the worker applies them; a bare model file has none
-    config = Manifest.read(model.parent).session_config if (model.parent / MANIFEST).exists() else {}
-    session = ort.InferenceSession(str(model), session_options(1, config), providers=["CPUExecutionProvider"])
-    logits = np.zeros((len(encodings), len(bundle.labels)), np.float32)
-    session.run(None, bundle.feed([encodings[i] for i in batches[len(batches) // 2]]))  # warm-up
-    started = time.perf_counter()
-    for batch in batches:
-        logits[batch] = session.run(None, bundle.feed([encodings[i] for i in batch]))[0]
-    return len(encodings) / (time.perf_counter() - started), logits
+class Timer:
+    """One bundle's session over pre-built feeds: seconds for one pass over the test split."""
+
+    def __init__(self, bundle_dir: Path, feeds: list[dict]) -> None:
+        config = Manifest.read(bundle_dir).session_config
+        self.session = ort.InferenceSession(str(bundle_dir / "model.onnx"), session_options(1, config),
+                                            providers=["CPUExecutionProvider"])
+        self.feeds = feeds
+        self.session.run(None, feeds[len(feeds) // 2])  # warm-up
+
+    def seconds(self) -> float:
+        started = time.perf_counter()
+        for feed in self.feeds:
+            self.session.run(None, feed)
+        return time.perf_counter() - started
+
+
+def speed_ratio(baseline: Timer, candidate: Timer, rounds: int) -> list[float]:
+    """Per round: baseline's mean time (before and after) over the candidate's; > 1 is faster."""
+    ratios = []
+    for _ in range(rounds):
+        before, mine, after = baseline.seconds(), candidate.seconds(), baseline.seconds()
+        ratios.append((before + after) / 2 / mine)
+    return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--fp32-bundle", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--fp32-bundle", type=Path, required=True, help="the gate's fp32 reference")
+    parser.add_argument("--baseline-bundle", type=Path, required=True, help="speed ratios are against it")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=quant.METHODS)
     args = parser.parse_args()
-    bundle = Bundle(args.fp32_bundle, threads=1)
+    logging.getLogger().setLevel(logging.WARNING)  # onnxruntime.quantization turns the root logger to INFO
     dataset = data.load(data.default_cache_dir())
     texts, labels = dataset.part("test")[:2]
-    encodings = bundle.tokenize(texts)
-    batches = token_batches(encodings, 32)
-    print(f"{args.fp32_bundle}: {len(texts)} test sentences, 1 thread, batches of ≤ 32 of equal length\n")
-    print("| model | sentences/s | × fp32 | agreement with fp32 | accuracy | max abs Δlogit |")
-    print("|---|---:|---:|---:|---:|---:|")
+    calibration = dataset.part("train")[0][:512]  # what `export --quantize int8` calibrates on
+    baseline = Bundle(args.baseline_bundle, threads=1)
+    encodings = baseline.tokenize(texts)
+    feeds = [baseline.feed([encodings[i] for i in batch]) for batch in token_batches(encodings, int8_gate.BATCH_SIZE)]
+    base_timer = Timer(args.baseline_bundle, feeds)
+    print(f"CPU {cpu_int8_flags()}; onnxruntime {ort.__version__}; {len(texts)} test sentences, 1 thread, "
+          f"batches of ≤ {int8_gate.BATCH_SIZE} of (nearly) equal length; speed against {args.baseline_bundle.name}\n")
+    print("| recipe | × baseline (rounds) | accuracy (ratio) | macro-F1 (drop) | confident agreement (share) "
+          "| agreement | mean KL | batch invariance (max Δp) | gate |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        made = variants(args.fp32_bundle / "model.onnx", Path(tmp), dataset.part("train")[0][:512])
-        for _ in range(args.rounds):
-            base_rate, base = run(args.fp32_bundle / "model.onnx", bundle, encodings, batches)
-            print(f"| fp32 | {base_rate:.0f} | 1.00 | 100 % | {(base.argmax(1) == labels).mean():.4f} | 0 |")
-            for name, path in made.items():
-                rate, logits = run(path, bundle, encodings, batches)
-                agree = (logits.argmax(1) == base.argmax(1)).mean()
-                print(f"| {name} | {rate:.0f} | {rate / base_rate:.2f} | {agree:.1%} | "
-                      f"{(logits.argmax(1) == labels).mean():.4f} | {np.abs(logits - base).max():.3f} |", flush=True)
+        for method in ["fp32", *args.methods]:
+            bundle_dir = args.fp32_bundle if method == "fp32" else quant.quantize(
+                args.fp32_bundle, Path(tmp) / method, method=method, calibration_texts=calibration)
+            f = int8_gate.measure(args.fp32_bundle, bundle_dir, texts, labels)
+            ratios = speed_ratio(base_timer, Timer(bundle_dir, feeds), args.rounds)
+            print(f"| {method} | {np.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
+                  f"| {f.int8_accuracy:.4f} ({f.accuracy_ratio:.2%}) | {f.int8_macro_f1:.4f} ({f.macro_f1_drop:+.4f}) "
+                  f"| {f.confident_agreement:.2%} ({f.confident_share:.1%}) | {f.label_agreement:.2%} "
+                  f"| {f.mean_kl:.4f} | {f.batch_invariance:.2%} ({f.max_batch_prob_diff:.3f}) "
+                  f"| {'pass' if not f.failed() else 'refused'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
         if quantize:
             built, gate, refused = _quantize_gated(fp32_dir, Path(tmp), method, dataset)
             manifest = Manifest.read(built)
-            quantization = {**(manifest.quantization or {}), "gate": gate}
+            quantization = {**(manifest.quantization or {}), "gate": gate, "reference": _reference(fp32_dir)}
             if refused:
                 quantization["refused"] = refused
             # the int8 bundle records the parity of the fp32 export it was gated against
@@ -87,6 +87,17 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
     else:
         typer.echo(f"bundle: {targets['bundle']}")
     return figures
+
+
+def _reference(fp32_dir: Path) -> dict:
+    """What the int8 bundle was gated against, for its manifest (no paths: hashes)."""
+    from sentistream.worker.bundle import Manifest
+
+    fp32 = Manifest.read(fp32_dir)
+    reference = {"name": fp32.name, "version": fp32.version, "model_sha256": fp32.files.get("model.onnx")}
+    if "folded_from" in fp32.extra:
+        reference["folded_from"] = fp32.extra["folded_from"]
+    return reference
 
 
 def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset) -> tuple[Path, dict, list[dict]]:
@@ -178,24 +189,77 @@ def train_cmd(
 def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: str, dataset) -> None:
     """Build the default bundle; before it is published, evaluate it and its fp32 export on the
     fixed test split and add ``REPORT.md`` and the manifest's ``figures``."""
+    build_bundle(checkpoint, out, quantize="int8", method="auto", name="sst5-minilm", version=version,
+                 max_length=summary["config"]["max_length"], training=summary,
+                 finish=lambda fp32_dir, int8_dir: add_report(fp32_dir, int8_dir, dataset))
+
+
+def add_report(fp32_dir: Path, int8_dir: Path, dataset, fp32_name: str = "sst5-minilm fp32 export") -> None:
+    """Evaluate an int8 default-task bundle and its fp32 reference on the fixed test split; write
+    ``REPORT.md`` and the manifest's ``figures`` into ``int8_dir`` (rehashed)."""
     from sentistream.export import evaluate
     from sentistream.worker.bundle import Manifest
 
-    def report(fp32_dir: Path, int8_dir: Path) -> None:
-        fp32 = evaluate.evaluate_bundle(fp32_dir, dataset)
-        int8 = evaluate.evaluate_bundle(int8_dir, dataset)
-        tfidf = evaluate.tfidf_baseline(dataset)
-        (int8_dir / "REPORT.md").write_text(evaluate.report_markdown("sst5-minilm int8 (this bundle)", int8, extra={
-            "TF-IDF (1–2 grams) + logistic regression (measured now)": tfidf,
-            "sst5-minilm fp32 export": fp32,
-        }))
-        figures = {"split": f"fixed test split, {int8['sentences']:,} sentences (export/data.py)",
-                   "int8": {k: v for k, v in int8.items() if k != "confusion"},
-                   "fp32": {k: v for k, v in fp32.items() if k != "confusion"}}
-        Manifest.read(int8_dir).model_copy(update={"figures": figures}).rehashed(int8_dir).write(int8_dir)
+    fp32 = evaluate.evaluate_bundle(fp32_dir, dataset)
+    int8 = evaluate.evaluate_bundle(int8_dir, dataset)
+    tfidf = evaluate.tfidf_baseline(dataset)
+    name = Manifest.read(int8_dir).name
+    (int8_dir / "REPORT.md").write_text(evaluate.report_markdown(f"{name} int8 (this bundle)", int8, extra={
+        "TF-IDF (1–2 grams) + logistic regression (measured now)": tfidf,
+        fp32_name: fp32,
+    }))
+    figures = {"split": f"fixed test split, {int8['sentences']:,} sentences (export/data.py)",
+               "int8": {k: v for k, v in int8.items() if k != "confusion"},
+               "fp32": {k: v for k, v in fp32.items() if k != "confusion"}}
+    Manifest.read(int8_dir).model_copy(update={"figures": figures}).rehashed(int8_dir).write(int8_dir)
 
-    build_bundle(checkpoint, out, quantize="int8", method="auto", name="sst5-minilm", version=version,
-                 max_length=summary["config"]["max_length"], training=summary, finish=report)
+
+@app.command("fp32")
+def fp32_cmd(
+    bundle: Annotated[Path, typer.Option(help="a weight-only int8 bundle")],
+    out: Annotated[Path, typer.Option(help="fp32 bundle directory to write")],
+) -> None:
+    """Fold a weight-only int8 bundle back to fp32: the gate's reference when the original fp32
+    export is gone (it computes exactly what the weight-only bundle computes in the worker)."""
+    _require_export_extra(("onnx",))
+    from sentistream.export.quantize import fp32_reference
+
+    typer.echo(f"fp32 bundle: {fp32_reference(bundle, out.absolute())}")
+
+
+@app.command("quantize")
+def quantize_cmd(
+    fp32_bundle: Annotated[Path, typer.Option(help="the fp32 reference bundle (export onnx, or export fp32)")],
+    out: Annotated[Path, typer.Option(help="int8 bundle directory to write")],
+    method: Annotated[str, typer.Option(
+        help="int8 method, see docs/quantization.md; auto: the fastest the gate accepts")] = "auto",
+) -> None:
+    """Quantize an fp32 bundle to int8 and gate it against that bundle; for the five SST classes
+    also write REPORT.md and the test figures. A refused bundle is not written."""
+    _require_export_extra(("onnx", "sklearn"))
+    from sentistream.export import data as data_mod
+    from sentistream.export.quantize import METHODS
+    from sentistream.worker.bundle import Manifest, check_replaceable, publish
+
+    if method not in ("auto", *METHODS):
+        raise typer.BadParameter(f"choose auto or one of {', '.join(METHODS)}", param_hint="--method")
+    out = out.absolute()
+    check_replaceable(out)
+    fp32 = Manifest.read(fp32_bundle)
+    dataset = data_mod.load(data_mod.default_cache_dir()) if _is_default_task(fp32.labels) else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".partial", dir=out.parent) as tmp:
+        built, gate, refused = _quantize_gated(fp32_bundle, Path(tmp), method, dataset)
+        manifest = Manifest.read(built)
+        quantization = {**(manifest.quantization or {}), "gate": gate, "reference": _reference(fp32_bundle)}
+        if refused:
+            quantization["refused"] = refused
+        extra = {k: v for k, v in manifest.extra.items() if k != "folded_from"}
+        manifest.model_copy(update={"quantization": quantization, "extra": extra}).write(built)
+        if dataset is not None:
+            add_report(fp32_bundle, built, dataset, fp32_name=f"{fp32.name} fp32 reference")
+        publish(built, out)
+    typer.echo(f"int8 bundle: {out}")
 
 
 @app.command("eval")
