@@ -78,10 +78,13 @@ def test_sentence_splitting_publishes_one_result_per_sentence(kafka, topics, tmp
     w = WorkerProcess(s, ["--split-sentences"]).start(tmp_path)
     try:
         w.wait_ready()
-        out = [json.loads(r.value) for r in kafka.collect([s.output_topic], 4)]
+        out = [json.loads(r.value) for r in kafka.collect([s.output_topic], 5)]
     finally:
         assert w.stop() == 0, w.log()
-    assert [(o["doc_id"], o["sentence_index"], o["text"]) for o in out] == [
+    reviews = [o for o in out if o["kind"] == "review"]
+    assert [(o["id"], o["sentences"]) for o in reviews] == [("rev1", 4)], "one review result after its sentences"
+    assert out[-1]["kind"] == "review"
+    assert [(o["doc_id"], o["sentence_index"], o["text"]) for o in out if o["kind"] == "sentence"] == [
         ("rev1", 0, "Great cast."), ("rev1", 1, "Dull plot!"),
         ("rev1", 2, "Would I watch it again?"), ("rev1", 3, "No."),
     ]
