@@ -22,12 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sentistream.bench.run import Topics
 from sentistream.cli.flags import worker_command
 from sentistream.cli.local_kafka import free_port
 from sentistream.cli.scrape import wait_ready
@@ -80,27 +80,6 @@ def noop_bundle(src: Path, out: Path) -> Path:
     return out
 
 
-class Topics:
-    """Fresh input/output/dead-letter topics; the output stamps each record when appended."""
-
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        run = uuid.uuid4().hex[:6]
-        self.settings = settings.model_copy(update={
-            "bootstrap_servers": bootstrap, "partitions": PARTITIONS, "group_id": f"lat-{run}",
-            "input_topic": f"lat-{run}.in", "output_topic": f"lat-{run}.out", "dlq_topic": f"lat-{run}.dlq"})
-        specs = kafka_clients.topic_specs(self.settings)
-        specs[self.settings.output_topic]["configs"] = {"message.timestamp.type": "LogAppendTime"}
-        self.admin = kafka_clients.admin(self.settings, bootstrap)
-        kafka_clients.ensure_topics(self.admin, specs)
-
-    def drop(self) -> None:
-        s = self.settings
-        try:
-            self.admin.delete_topics([s.input_topic, s.output_topic, s.dlq_topic])
-        finally:
-            self.admin.close()
-
-
 def _offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[str, float]:
     """Send ``rate`` msgs/s for ``seconds``; the send time (ms, also the record's timestamp) of each id."""
     producer = kafka_clients.producer(s, s.bootstrap_servers, linger_ms=0)
@@ -146,7 +125,7 @@ def _process(row: str, s: Settings, bundle: Path | None, extra: list[str]) -> tu
 def measure(row: str, settings: Settings, bootstrap: str, bundle: Path | None, rate: float, seconds: float,
             texts: list[str], extra: list[str] = ()) -> Latency:
     """Offer ``rate`` msgs/s for ``seconds`` to a fresh ``row`` process; each message's latency."""
-    topics = Topics(settings, bootstrap)
+    topics = Topics(settings, bootstrap, PARTITIONS, output_configs={"message.timestamp.type": "LogAppendTime"})
     s = topics.settings
     proc, url = _process(row, s, bundle, list(extra))
     try:

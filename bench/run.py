@@ -78,13 +78,20 @@ def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, thread
 
 
 class Topics:
-    def __init__(self, settings: Settings, bootstrap: str, partitions: int) -> None:
+    """Fresh input, output and dead-letter topics for one measurement; ``output_configs``: topic
+    configs of the output topic (the latency bench stamps results with the broker's append time)."""
+
+    def __init__(self, settings: Settings, bootstrap: str, partitions: int,
+                 output_configs: dict[str, str] | None = None) -> None:
         run = uuid.uuid4().hex[:6]
         self.settings = settings.model_copy(update={
             "bootstrap_servers": bootstrap, "partitions": partitions, "group_id": f"bench-{run}",
             "input_topic": f"bench-{run}.in", "output_topic": f"bench-{run}.out", "dlq_topic": f"bench-{run}.dlq"})
+        specs = kafka_clients.topic_specs(self.settings)
+        if output_configs:
+            specs[self.settings.output_topic]["configs"] = output_configs
         self.admin = kafka_clients.admin(self.settings, bootstrap)
-        kafka_clients.ensure_topics(self.admin, kafka_clients.topic_specs(self.settings))
+        kafka_clients.ensure_topics(self.admin, specs)
 
     def preload(self, texts: list[str]) -> None:
         producer = kafka_clients.producer(self.settings, self.settings.bootstrap_servers, linger_ms=20)
