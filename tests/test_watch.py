@@ -154,8 +154,11 @@ def test_top_shows_a_live_worker_and_an_unreachable_one_and_quits_on_q(kafka: Ka
         busy_rates: list[float] = []
         deadline = time.monotonic() + 30
         s = live_worker.settings
-        kafka.produce(s.input_topic, json_items(1000, prefix="t"))  # ~10 s of work
+        sent = 0
         while time.monotonic() < deadline:
+            # keep the worker busy while top polls: one burst could be done before top's first scrape
+            kafka.produce(s.input_topic, json_items(100, prefix=f"t{sent}-"))
+            sent += 100
             frame = _tmux(socket, "capture-pane", "-p", "-t", "top").stdout
             frames.append(frame)
             row = next((line for line in frame.splitlines() if f":{live_worker.port}/metrics" in line), "")
