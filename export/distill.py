@@ -1,0 +1,172 @@
+"""Distillation: a fine-tuned teacher labels text, the small student learns from its probabilities.
+
+``label`` fine-tunes the teacher (``export/teacher.py``) on the fixed train split, chooses its
+epoch on validation, and writes its logits for the *transfer set* to a ``TeacherLabels`` file:
+
+- ``train``: the fixed train split's sentences (they keep their crowd target too);
+- ``amazon``, ``nyt``, ``tweets``: the other crowd-rated sets of the same archive (VADER, MIT
+  licence; product reviews, editorials, tweets), with their crowd ratings;
+- ``fragments``: clauses of the training sentences (cut at , ; : -- and "but"), in-domain text
+  that only the teacher labels, much as the Treebank labels phrases of its sentences.
+
+Any text equal to a validation or test sentence (case and spaces ignored) is left out, so the
+student never sees, even unlabelled, what it is chosen or scored on. ``train.train(…, teacher=)``
+then fits the student on it (``train.fit``'s loss).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sentistream.export import data as data_mod
+from sentistream.export.errors import DataError
+from sentistream.export.train import Examples, soft_targets
+
+_CUTS = re.compile(r"\s*(?:[,;:]|--| - )\s*|\s+but\s+", re.IGNORECASE)
+MIN_FRAGMENT_WORDS = 4
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def fragments(sentences: list[str], exclude: set[str]) -> list[str]:
+    """Clauses of ``sentences`` with at least four words, each once, none in ``exclude``
+    (normalised texts) and none equal to a whole sentence."""
+    whole = {normalise(s) for s in sentences}
+    seen: set[str] = set()
+    out = []
+    for sentence in sentences:
+        for piece in _CUTS.split(sentence):
+            piece = piece.strip(" .!?\"'")
+            key = normalise(piece)
+            if len(key.split()) < MIN_FRAGMENT_WORDS or key in seen or key in whole or key in exclude:
+                continue
+            seen.add(key)
+            out.append(piece)
+    return out
+
+
+def transfer_set(dataset: data_mod.Dataset, cache_dir: Path,
+                 sources: tuple[str, ...] = ("train", "amazon", "nyt", "tweets", "fragments")
+                 ) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts, crowd ratings (NaN where none) and the source of each, as described above."""
+    held_out = {normalise(t) for part in ("validation", "test") for t in dataset.part(part)[0]}
+    train_texts, _, train_ratings = dataset.part("train")
+    texts, ratings, origin = list(train_texts), list(train_ratings), ["train"] * len(train_texts)
+    seen = {normalise(t) for t in train_texts}
+    others = data_mod.load_other_sets(cache_dir) if {"amazon", "nyt", "tweets"} & set(sources) else {}
+    for name, (other_texts, other_ratings) in others.items():
+        if name not in sources:
+            continue
+        for text, rating in zip(other_texts, other_ratings, strict=True):
+            key = normalise(text)
+            if key and key not in held_out and key not in seen:
+                seen.add(key)
+                texts.append(text)
+                ratings.append(rating)
+                origin.append(name)
+    if "fragments" in sources:
+        for piece in fragments(train_texts, held_out | seen):
+            texts.append(piece)
+            ratings.append(np.nan)
+            origin.append("fragments")
+    return texts, np.asarray(ratings, dtype=np.float64), origin
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """The teacher's logits for the transfer set (what the student learns from)."""
+
+    texts: list[str]
+    logits: np.ndarray  # (n, classes) float32
+    ratings: np.ndarray  # crowd rating -4 … +4, NaN where none
+    sources: list[str]
+    meta: dict = field(default_factory=dict)  # the teacher, its training and its figures
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            np.savez_compressed(f, texts=np.array(self.texts), logits=self.logits, ratings=self.ratings,
+                                sources=np.array(self.sources), meta=np.array(json.dumps(self.meta)))
+
+    @classmethod
+    def load(cls, path: Path) -> TeacherLabels:
+        if not path.is_file():
+            raise DataError(f"no teacher labels at {path}: run 'sentistream export teacher' first")
+        with np.load(path, allow_pickle=False) as z:
+            return cls([str(t) for t in z["texts"]], z["logits"].astype(np.float32), z["ratings"],
+                       [str(s) for s in z["sources"]], json.loads(str(z["meta"])))
+
+    def describe(self) -> dict:
+        names, counts = np.unique(self.sources, return_counts=True)
+        return {**self.meta, "transfer_set": {str(n): int(c) for n, c in zip(names, counts, strict=True)}}
+
+    def examples_for(self, train: Examples, mix: float, sigma: float, exclude: set[str],
+                     sources: tuple[str, ...] | None = None) -> tuple[Examples, dict]:
+        """``train`` with the teacher's logits beside each target, plus the transfer set's other
+        texts (``sources``: which; default all), none of them in ``exclude``."""
+        row = {text: i for i, text in enumerate(self.texts)}
+        missing = [t for t in train.texts if t not in row]
+        if missing:
+            raise DataError(f"the teacher labels lack {len(missing)} training sentences (first: {missing[0]!r}); "
+                            "they were made for another split: run 'sentistream export teacher' again")
+        held_out = {normalise(t) for t in exclude}
+        extra = [i for i, s in enumerate(self.sources) if s != "train" and (sources is None or s in sources)
+                 and normalise(self.texts[i]) not in held_out]
+        n_classes = self.logits.shape[1]
+        ratings = self.ratings[extra]
+        rated = ~np.isnan(ratings)
+        targets = np.full((len(extra), n_classes), np.nan, dtype=np.float32)
+        if rated.any():
+            targets[rated] = soft_targets(ratings[rated], n_classes, mix, sigma, data_mod.to_class(ratings[rated]))
+        examples = Examples(
+            texts=train.texts + [self.texts[i] for i in extra],
+            targets=np.concatenate([train.targets, targets]),
+            teacher=np.concatenate([self.logits[[row[t] for t in train.texts]], self.logits[extra]]),
+        )
+        counts = {"train": len(train.texts)}
+        for i in extra:
+            counts[self.sources[i]] = counts.get(self.sources[i], 0) + 1
+        return examples, counts
+
+
+def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True) -> TeacherLabels:
+    """Fine-tune the teacher at ``cfg.base_model`` (a ``train.TrainConfig``; its epoch chosen on
+    validation) and label the transfer set with it; its validation and test figures go in ``meta``."""
+    import torch
+
+    from sentistream.export import teacher as teacher_mod
+    from sentistream.export import train as train_mod
+    from sentistream.export.metrics import classification_figures
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_mod._seed_everything(cfg.seed)
+    n_classes = len(dataset.label_names)
+    model, tokenizer = teacher_mod.build(Path(cfg.base_model), n_classes)
+    train_texts, train_y, train_ratings = dataset.part("train")
+    val_texts, val_y, _ = dataset.part("validation")
+    test_texts, test_y, _ = dataset.part("test")
+    examples = Examples(train_texts, soft_targets(train_ratings, n_classes, cfg.soft_label_mix,
+                                                  cfg.soft_label_sigma, train_y))
+    weights = train_mod.class_weights_of(train_y, n_classes, cfg.class_weight_power)
+    result = train_mod.fit(model, tokenizer, cfg, examples, val_texts, val_y, weights, progress)
+
+    texts, ratings, sources = transfer_set(dataset, cache_dir)
+    device = train_mod._device(cfg.device)
+    logits = train_mod.predict_logits(model.to(device), tokenizer, texts + val_texts + test_texts, cfg.max_length,
+                                      device=device)
+    n, v = len(texts), len(val_texts)
+    figures = {part: {k: round(x, 4) for k, x in classification_figures(y, lg.argmax(1), n_classes).items()
+                      if k != "confusion"}
+               for part, y, lg in (("validation", val_y, logits[n:n + v]), ("test", test_y, logits[n + v:]))}
+    config = {k: val for k, val in vars(cfg).items() if k not in ("out_dir", "base_model")}
+    meta = {"teacher": teacher_mod.describe(), "config": config, **result, "figures": figures,
+            "torch_threads": torch.get_num_threads()}
+    return TeacherLabels(texts, logits[:n], ratings, sources, meta)
