@@ -48,12 +48,12 @@ def _dataset(args):
 
 def _figures(model, tokenizer, dataset, cfg) -> dict:
     from sentistream.export.metrics import classification_figures
-    from sentistream.export.train import _device, predict_logits
+    from sentistream.export.train import device_of, predict_logits
 
     out = {}
     for part in ("validation", "test"):
         texts, y, _ = dataset.part(part)
-        logits = predict_logits(model.to(_device(cfg.device)), tokenizer, texts, cfg.max_length)
+        logits = predict_logits(model.to(device_of(cfg.device)), tokenizer, texts, cfg.max_length)
         figures = classification_figures(y, logits.argmax(1), len(dataset.label_names))
         out[part] = {k: round(v, 4) for k, v in figures.items() if k != "confusion"}
     return out
@@ -92,10 +92,10 @@ def run_student(args) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
-def _parallel(commands: list[list[str]], logs: Path) -> None:
+def _parallel(commands: list[list[str]], logs: Path, phase: str) -> None:
     procs = []
     for i, cmd in enumerate(commands):
-        log = (logs / f"log-{len(list(logs.glob('log-*')))}-{i}.txt").open("w")
+        log = (logs / f"log-{phase}-{i}.txt").open("w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     failed = [c for c, p in zip(commands, procs, strict=True) if p.wait() != 0]
     if failed:
@@ -109,17 +109,20 @@ def main(args) -> None:
           args.student, "--data-cache", args.data_cache, "--out", args.out, "--device", args.device,
           *(["--smoke"] if args.smoke else [])]
     started = time.perf_counter()
-    _parallel([[*me, "--role", "teacher", "--lr", str(lr), "--epochs", str(args.epochs)] for lr in TEACHER_LRS], out)
+    _parallel([[*me, "--role", "teacher", "--lr", str(lr), "--epochs", str(args.epochs)] for lr in TEACHER_LRS], out,
+              "teacher")
     teachers = {lr: json.loads((out / f"teacher-{lr:g}.json").read_text())
                 for lr in TEACHER_LRS if (out / f"teacher-{lr:g}.json").exists()}
     print(f"teachers ({time.perf_counter() - started:.0f} s):", flush=True)
     for lr, t in teachers.items():
         print(f"  lr {lr:g}: best epoch {t['best_epoch']}, {t['figures']}, {t['train_seconds']} s", flush=True)
+    if not teachers:
+        raise SystemExit(f"every teacher run failed: see {out}/log-teacher-*.txt")
     best = max(teachers, key=lambda lr: sum(teachers[lr]["figures"]["validation"].values()))
     (out / "teacher.npz").write_bytes((out / f"teacher-{best:g}.npz").read_bytes())
     print(f"chosen on validation: lr {best:g}", flush=True)
     started = time.perf_counter()
-    _parallel([[*me, "--role", "student", "--name", name] for name in STUDENTS], out)
+    _parallel([[*me, "--role", "student", "--name", name] for name in STUDENTS], out, "student")
     students = {}
     for i, name in enumerate(STUDENTS):
         path = out / f"student-{i}" / "summary.json"

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 
@@ -26,6 +26,14 @@ def _require_export_extra(modules: tuple[str, ...] = ("torch", "transformers", "
                         "pip install 'sentistream[export]'")
 
 
+class GateData(NamedTuple):
+    """What the int8 gate measures a user's model on: labelled texts, and calibration texts."""
+
+    texts: list[str]
+    labels: object  # class ids
+    calibration: list[str]
+
+
 def _is_default_task(labels: list[str]) -> bool:
     from sentistream.export.data import LABELS
 
@@ -40,7 +48,7 @@ def fp32_path(out: Path) -> Path:
 def build_bundle(checkpoint: Path, out: Path, *, quantize: str | None, method: str, name: str | None,
                  version: str, max_length: int | None, training: dict | None = None,
                  finish: Callable[[Path, Path], None] | None = None,
-                 gate_data: tuple[list[str], object, list[str]] | None = None) -> dict:
+                 gate_data: GateData | None = None) -> dict:
     """Export (fp32, parity-checked), then optionally quantize and gate. Returns the figures.
 
     With ``quantize``, ``out`` gets the int8 bundle and ``<out>-fp32`` the fp32 export it was
@@ -102,19 +110,21 @@ def _reference(fp32_dir: Path) -> dict:
 
 
 def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset,
-                    gate_data: tuple[list[str], object, list[str]] | None = None) -> tuple[Path, dict, list[dict]]:
+                    gate_data: GateData | None = None) -> tuple[Path, dict, list[dict]]:
     """Quantize with ``method`` (``auto``: each of ``AUTO_ORDER`` in turn) until the gate accepts;
     returns the accepted bundle, its gate figures and the refusals before it. The gate runs on
-    the fixed test split for the default task, on ``gate_data`` (texts, labels, calibration texts)
-    where given."""
+    the fixed test split for the default task, on ``gate_data`` where given."""
     from sentistream.export import onnx_export
     from sentistream.export import quantize as quant
     from sentistream.export.errors import QuantizationGateError
 
-    calib = dataset.part("train")[0][:512] if dataset else onnx_export.SAMPLE_SENTENCES
-    texts, y = (dataset.part("test")[0], dataset.part("test")[1]) if dataset else (onnx_export.SAMPLE_SENTENCES, None)
     if gate_data is not None:
         texts, y, calib = gate_data
+    elif dataset is not None:
+        texts, y = dataset.part("test")[:2]
+        calib = dataset.part("train")[0][:512]
+    else:
+        texts, y, calib = onnx_export.SAMPLE_SENTENCES, None, onnx_export.SAMPLE_SENTENCES
     candidates = quant.AUTO_ORDER if method == "auto" else (method,)
     refused: list[dict] = []
     for attempt, candidate in enumerate(candidates, start=1):
@@ -186,10 +196,15 @@ def teacher_cmd(
     typer.echo(f"teacher figures {json.dumps(labels.meta['figures'])}\nteacher labels: {out}")
 
 
+DEFAULT_OUT = Path("worker/models/sst5-minilm")
+TRANSFER_SOURCES = ("amazon", "nyt", "tweets", "fragments")
+
+
 @app.command("train")
 def train_cmd(
-    out: Annotated[Path, typer.Option(help="bundle directory to write (and OUT-fp32: its fp32 export)")] = Path(
-        "worker/models/sst5-minilm"),
+    out: Annotated[Path | None, typer.Option(
+        help="bundle directory to write (and OUT-fp32: its fp32 export); needed with --data; "
+             "default: worker/models/sst5-minilm")] = None,
     work_dir: Annotated[Path, typer.Option(help="checkpoint and training summary")] = Path("out/train"),
     data: Annotated[Path | None, typer.Option(
         help='your own labelled data, JSON lines {"text": ..., "label": ...}; default: the fixed SST split')] = None,
@@ -200,12 +215,14 @@ def train_cmd(
     base_model: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune; default: all-MiniLM-L6-v2")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name; default: sst5-minilm, or OUT's name with --data")] = None,
     teacher_labels: Annotated[Path | None, typer.Option(
-        help="distil from these teacher labels (export teacher); the default model's recipe")] = None,
-    distill_weight: Annotated[float, typer.Option(min=0, max=1, help="the teacher's share of the loss")] = 0.9,
-    temperature: Annotated[float, typer.Option(min=0.1)] = 1.0,
-    transfer_sources: Annotated[str, typer.Option(
-        help="teacher-labelled text to add: comma-separated of amazon, nyt, tweets, fragments")] = (
-        "amazon,nyt,tweets,fragments"),
+        help="distil from these teacher labels (export teacher): the default model's recipe")] = None,
+    distill_weight: Annotated[float | None, typer.Option(
+        min=0, max=1, help="with --teacher-labels: the teacher's share of the loss on texts with a crowd target "
+                           "(texts only the teacher labels learn from it alone) [default: 0.9]")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.1, help="with --teacher-labels [default: 1]")] = None,
+    transfer_sources: Annotated[str | None, typer.Option(
+        help="with --teacher-labels: teacher-labelled text to add, comma-separated of amazon, nyt, tweets, "
+             "fragments [default: all]")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -215,11 +232,13 @@ def train_cmd(
     class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
-    seed: Annotated[int, typer.Option(help="shuffling and head initialisation")] = 3,
+    seed: Annotated[int | None, typer.Option(
+        help="shuffling and head initialisation [default: 3 with --teacher-labels (chosen on validation), else 0]")
+    ] = None,
     version: Annotated[str, typer.Option()] = "1.0.0",
 ) -> None:
-    """Train a bundle: the default model (fixed SST split, optionally distilled from teacher labels)
-    or, with --data, one for your own label set. Fine-tune, choose the epoch on validation, export,
+    """Train a bundle: the default model (fixed SST split, distilled with --teacher-labels) or, with
+    --data, one for your own label set. Fine-tune, choose the epoch on validation, export,
     quantize under the int8 gate, evaluate, report."""
     _require_export_extra()
     from sentistream.export import data as data_mod
@@ -228,6 +247,19 @@ def train_cmd(
 
     if data is None and (validation or labels):
         raise typer.BadParameter("--validation and --labels go with --data", param_hint="--data")
+    if data is not None and out is None:
+        raise typer.BadParameter("name the bundle to write with --out (the default is the shipped model's)",
+                                 param_hint="--out")
+    if data is not None and teacher_labels is not None:
+        raise typer.BadParameter("teacher labels are made for the fixed SST split", param_hint="--teacher-labels")
+    if teacher_labels is None and (distill_weight, temperature, transfer_sources) != (None, None, None):
+        raise typer.BadParameter("--distill-weight, --temperature and --transfer-sources go with --teacher-labels",
+                                 param_hint="--teacher-labels")
+    sources = tuple(s.strip() for s in (transfer_sources or ",".join(TRANSFER_SOURCES)).split(",") if s.strip())
+    unknown = set(sources) - set(TRANSFER_SOURCES)
+    if unknown:
+        raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
+    out = out or DEFAULT_OUT
     for target in (out, fp32_path(out)):
         check_replaceable(target.absolute())  # before an hour of training
     if data is not None:
@@ -236,28 +268,24 @@ def train_cmd(
         dataset = data_mod.load(data_mod.default_cache_dir())
     teacher = None
     if teacher_labels is not None:
-        if data is not None:
-            raise typer.BadParameter("teacher labels are made for the fixed SST split", param_hint="--teacher-labels")
         from sentistream.export.distill import TeacherLabels
 
         teacher = TeacherLabels.load(teacher_labels)
-    sources = tuple(s for s in transfer_sources.split(",") if s)
-    unknown = set(sources) - {"amazon", "nyt", "tweets", "fragments"}
-    if unknown:
-        raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
     cfg = train.TrainConfig(base_model=str(base_model or train.default_base_model()), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
-                            threads=threads, seed=seed, device=device,
-                            distill_weight=distill_weight if teacher else 0.0,
-                            temperature=temperature, transfer_sources=sources if teacher else ())
+                            threads=threads, device=device,
+                            seed=seed if seed is not None else (3 if teacher else 0),
+                            distill_weight=(0.9 if distill_weight is None else distill_weight) if teacher else 0.0,
+                            temperature=temperature or 1.0, transfer_sources=sources if teacher else ())
     summary = train.train(cfg, dataset, teacher=teacher)
     if data is not None:
         val_texts, val_y, _ = dataset.part("validation")
+        typer.echo(f"validation: {json.dumps(summary['validation'])}; the int8 gate runs on its "
+                   f"{len(val_texts)} sentences")
         build_bundle(work_dir / "checkpoint", out, quantize="int8", method="auto", name=name or out.name,
                      version=version, max_length=max_length, training=summary,
-                     gate_data=(val_texts, val_y, dataset.part("train")[0][:512]))
-        typer.echo(f"validation: {json.dumps(summary['validation'])}")
+                     gate_data=GateData(val_texts, val_y, dataset.part("train")[0][:512]))
         return
     finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset, name=name or "sst5-minilm")
     typer.echo((out / "REPORT.md").read_text())

@@ -165,10 +165,12 @@ def load_jsonl(train_path: Path, validation_path: Path | None = None,
     """A user's labelled data as a Dataset (no test part, no ratings). Labels are names (numbers
     are read as their text); their order is ``label_names`` where given, else the order of first
     appearance in the training file. Without a validation file, a stratified 10 % of the
-    training file (seed 0) chooses the epoch."""
+    training file (at least one text per label; seed 0) chooses the epoch."""
     train_rows = read_rows(train_path)
     val_rows = read_rows(validation_path) if validation_path else []
-    names = list(label_names) if label_names else list(dict.fromkeys(str(r[2]) for r in train_rows))
+    names = [n.strip() for n in label_names] if label_names else list(dict.fromkeys(str(r[2]) for r in train_rows))
+    if len(set(names)) != len(names):
+        raise DataError(f"label names repeat: {', '.join(names)}")
     index = {name: i for i, name in enumerate(names)}
     if len(names) < 2:
         raise DataError(f"{train_path}: training needs at least two labels, found {names}")
@@ -190,8 +192,21 @@ def load_jsonl(train_path: Path, validation_path: Path | None = None,
     else:
         from sklearn.model_selection import train_test_split
 
-        counts = np.bincount(y, minlength=len(names))
-        stratify = y if counts.min() >= 2 else None
-        train, validation = train_test_split(np.arange(n_train), test_size=0.1, stratify=stratify, random_state=SEED)
+        y_train = y[:n_train]
+        counts = np.bincount(y_train, minlength=len(names))
+        size = max(round(0.1 * n_train), int((counts > 0).sum()))  # room for one text of each label
+        try:
+            train, validation = train_test_split(np.arange(n_train), test_size=size, stratify=y_train,
+                                                 random_state=SEED)
+        except ValueError:  # a label with a single text, or too few texts to stratify: a plain split
+            train, validation = train_test_split(np.arange(n_train), test_size=size, random_state=SEED)
     return Dataset(texts, np.full(len(texts), np.nan), y, np.sort(train), np.sort(validation),
                    np.arange(0), tuple(names))
+
+
+def split_sha256(dataset: Dataset) -> str:
+    """Names the split (which rows are train, validation, test): teacher labels record it."""
+    digest = hashlib.sha256()
+    for part in (dataset.train, dataset.validation, dataset.test):
+        digest.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()

@@ -147,7 +147,7 @@ def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_mod._seed_everything(cfg.seed)
+    train_mod.seed_everything(cfg.seed)
     n_classes = len(dataset.label_names)
     model, tokenizer = teacher_mod.build(Path(cfg.base_model), n_classes)
     train_texts, train_y, train_ratings = dataset.part("train")
@@ -159,7 +159,7 @@ def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True
     result = train_mod.fit(model, tokenizer, cfg, examples, val_texts, val_y, weights, progress)
 
     texts, ratings, sources = transfer_set(dataset, cache_dir)
-    device = train_mod._device(cfg.device)
+    device = train_mod.device_of(cfg.device)
     logits = train_mod.predict_logits(model.to(device), tokenizer, texts + val_texts + test_texts, cfg.max_length,
                                       device=device)
     n, v = len(texts), len(val_texts)
@@ -167,6 +167,7 @@ def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True
                       if k != "confusion"}
                for part, y, lg in (("validation", val_y, logits[n:n + v]), ("test", test_y, logits[n + v:]))}
     config = {k: val for k, val in vars(cfg).items() if k not in ("out_dir", "base_model")}
-    meta = {"teacher": teacher_mod.describe(), "config": config, **result, "figures": figures,
+    meta = {"teacher": teacher_mod.describe(), "split_sha256": data_mod.split_sha256(dataset), "config": config,
+            **result, "figures": figures,
             "torch_threads": torch.get_num_threads()}
     return TeacherLabels(texts, logits[:n], ratings, sources, meta)

@@ -62,10 +62,10 @@ def read_labelled(path: Path, labels: list[str]) -> tuple[list[str], np.ndarray]
     index = {label: i for i, label in enumerate(labels)}
     texts, ids = [], []
     for number, text, label in data_mod.read_rows(path):
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+        if str(label) in index:  # a name first: numbers are names where the bundle's labels are numbers
+            ids.append(index[str(label)])
+        elif isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
             ids.append(label)
-        elif isinstance(label, str) and label in index:
-            ids.append(index[label])
         else:
             raise DataError(f"{path}:{number}: label {label!r} is not one of the bundle's labels "
                             f"({', '.join(labels)}) nor an index 0…{len(labels) - 1}")

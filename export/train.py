@@ -71,7 +71,7 @@ def describe_base_model(base_model: str) -> dict:
     return {**described, "sha256": checkpoint_files(Path(base_model))}
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
@@ -109,12 +109,12 @@ def soft_targets(ratings: np.ndarray, n_classes: int, mix: float, sigma: float,
 
 
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, device=None):
+    """Logits of ``texts`` in their order (a transformers classifier or the teacher module)."""
     import torch
 
     device = device or next(model.parameters()).device
     order = np.argsort([len(t) for t in texts])
-    out = np.zeros((len(texts), model.config.num_labels if hasattr(model, "config") else model.num_labels),
-                   dtype=np.float32)
+    out = None
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
@@ -123,7 +123,10 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
                             max_length=max_length, return_tensors="pt").to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 result = model(**enc)
-            out[idx] = getattr(result, "logits", result).float().cpu().numpy()
+            logits = getattr(result, "logits", result).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
     return out
 
 
@@ -137,7 +140,7 @@ class Examples:
     teacher: np.ndarray | None = None  # (n, classes) logits
 
 
-def _device(name: str):
+def device_of(name: str):
     import torch
 
     if name == "auto":
@@ -155,7 +158,7 @@ def fit(model, tokenizer, cfg: TrainConfig, examples: Examples, val_texts: list[
     import torch
     from tqdm import tqdm
 
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     model.to(device)
     n_classes = examples.targets.shape[1]
     enc = tokenizer(examples.texts, truncation=True, max_length=cfg.max_length)
@@ -255,7 +258,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     labels = list(dataset.label_names)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -273,9 +276,13 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
     val_texts, val_y, _ = dataset.part("validation")
     examples = Examples(train_texts, soft_targets(train_ratings, len(labels), cfg.soft_label_mix,
                                                   cfg.soft_label_sigma, train_y))
-    sources = {"train": len(train_texts)}
+    counts = {"train": len(train_texts)}
     if teacher is not None:
-        examples, sources = teacher.examples_for(examples, cfg.soft_label_mix, cfg.soft_label_sigma,
+        recorded = teacher.meta.get("split_sha256")
+        if recorded != data_mod.split_sha256(dataset):
+            raise data_mod.DataError("the teacher labels were made for another split (its teacher may have seen "
+                                     "validation or test text): run 'sentistream export teacher' again")
+        examples, counts = teacher.examples_for(examples, cfg.soft_label_mix, cfg.soft_label_sigma,
                                                  exclude=set(val_texts) | set(dataset.part("test")[0]),
                                                  sources=cfg.transfer_sources)
     weights = class_weights_of(train_y, len(labels), cfg.class_weight_power)
@@ -289,7 +296,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
     summary = {
         "config": {**config, "base_model": describe_base_model(cfg.base_model)},
         "class_weights": [round(float(w), 4) for w in weights],
-        "examples": sources,
+        "examples": counts,
         **result,
         "torch_threads": torch.get_num_threads(),
     }

@@ -174,8 +174,40 @@ def test_train_on_your_own_labels_end_to_end(tmp_path: Path) -> None:
     assert "accuracy" in evaluated.stdout.lower() and "1.000" in evaluated.stdout
 
 
-def test_train_flags_that_need_data_say_so_in_one_line(tmp_path: Path) -> None:
-    result = _cli("train", "--validation", str(tmp_path / "v.jsonl"), "--out", str(tmp_path / "b"))
+@pytest.mark.parametrize(("args", "message"), [
+    (["--validation", "v.jsonl", "--out", "b"], "--validation and --labels go with --data"),
+    (["--data", "d.jsonl"], "name the bundle to write with --out"),
+    (["--data", "d.jsonl", "--out", "b", "--teacher-labels", "t.npz"], "teacher labels are made for the fixed SST"),
+    (["--temperature", "2", "--out", "b"], "--distill-weight, --temperature and --transfer-sources go with"),
+])
+def test_train_flags_that_do_not_fit_together_say_so_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "sentistream.cli", "export", "train", *args], capture_output=True,
+                            text=True, cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "--validation and --labels go with --data" in lines[0], result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_teacher_labels_made_for_another_split_are_refused(tmp_path: Path) -> None:
+    import dataclasses
+
+    from sentistream.export.train import train
+
+    dataset = data_mod.load(data_mod.default_cache_dir())
+    small = dataclasses.replace(dataset, train=dataset.train[:20], validation=dataset.validation[:5])
+    texts = small.part("train")[0]
+    labels = distill.TeacherLabels(texts, np.zeros((20, 5), np.float32), np.full(20, np.nan), ["train"] * 20,
+                                   {"split_sha256": data_mod.split_sha256(dataset)})  # the full split's
+    cfg = TrainConfig(base_model=str(make_checkpoint("bert", tmp_path / "ckpt")), out_dir=tmp_path, epochs=1)
+    with pytest.raises(DataError, match="made for another split"):
+        train(cfg, small, progress=False, teacher=labels)
+
+
+def test_numbers_as_labels_mean_the_same_in_training_and_in_eval(tmp_path: Path) -> None:
+    from sentistream.export.evaluate import read_labelled
+
+    path = _write_jsonl(tmp_path / "n.jsonl", [{"text": f"t{i}", "label": [2, 0, 1][i % 3]} for i in range(12)])
+    dataset = data_mod.load_jsonl(path)
+    _, y = read_labelled(path, list(dataset.label_names))
+    assert dataset.label_names == ("2", "0", "1")
+    np.testing.assert_array_equal(y, dataset.labels[:12])
