@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from sentistream.export import data as data_mod
+
 TEACHER_LRS = (2e-5, 3e-5, 5e-5)
-RATED = ("amazon", "nyt", "tweets")
-ALL = (*RATED, "fragments")
+RATED = tuple(data_mod.OTHER_FILES)
+ALL = data_mod.TRANSFER_SOURCES
 STUDENTS = {
     "crowd only (shipped recipe)": {},
     "kd a.5 T1 train only": {"distill_weight": 0.5, "temperature": 1.0, "transfer_sources": ()},

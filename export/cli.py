@@ -197,7 +197,6 @@ def teacher_cmd(
 
 
 DEFAULT_OUT = Path("worker/models/sst5-minilm")
-TRANSFER_SOURCES = ("amazon", "nyt", "tweets", "fragments")
 
 
 @app.command("train")
@@ -255,8 +254,9 @@ def train_cmd(
     if teacher_labels is None and (distill_weight, temperature, transfer_sources) != (None, None, None):
         raise typer.BadParameter("--distill-weight, --temperature and --transfer-sources go with --teacher-labels",
                                  param_hint="--teacher-labels")
-    sources = tuple(s.strip() for s in (transfer_sources or ",".join(TRANSFER_SOURCES)).split(",") if s.strip())
-    unknown = set(sources) - set(TRANSFER_SOURCES)
+    sources = tuple(s.strip() for s in (transfer_sources or ",".join(data_mod.TRANSFER_SOURCES)).split(",")
+                    if s.strip())
+    unknown = set(sources) - set(data_mod.TRANSFER_SOURCES)
     if unknown:
         raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
     out = out or DEFAULT_OUT

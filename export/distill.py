@@ -53,7 +53,7 @@ def fragments(sentences: list[str], exclude: set[str]) -> list[str]:
 
 
 def transfer_set(dataset: data_mod.Dataset, cache_dir: Path,
-                 sources: tuple[str, ...] = ("train", "amazon", "nyt", "tweets", "fragments")
+                 sources: tuple[str, ...] = ("train", *data_mod.TRANSFER_SOURCES)
                  ) -> tuple[list[str], np.ndarray, list[str]]:
     """Texts, crowd ratings (NaN where none) and the source of each, as described above."""
     held_out = {normalise(t) for part in ("validation", "test") for t in dataset.part(part)[0]}
@@ -145,17 +145,12 @@ def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True
     from sentistream.export import train as train_mod
     from sentistream.export.metrics import classification_figures
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    train_mod.seed_everything(cfg.seed)
+    train_mod.start_run(cfg)
     n_classes = len(dataset.label_names)
     model, tokenizer = teacher_mod.build(Path(cfg.base_model), n_classes)
-    train_texts, train_y, train_ratings = dataset.part("train")
     val_texts, val_y, _ = dataset.part("validation")
     test_texts, test_y, _ = dataset.part("test")
-    examples = Examples(train_texts, soft_targets(train_ratings, n_classes, cfg.soft_label_mix,
-                                                  cfg.soft_label_sigma, train_y))
-    weights = train_mod.class_weights_of(train_y, n_classes, cfg.class_weight_power)
+    examples, weights = train_mod.crowd_examples(cfg, dataset)
     result = train_mod.fit(model, tokenizer, cfg, examples, val_texts, val_y, weights, progress)
 
     texts, ratings, sources = transfer_set(dataset, cache_dir)

@@ -47,7 +47,7 @@ class TrainConfig:
     device: str = "cpu"  # "cuda" (or "auto") where a GPU is: bf16 autocast there
     distill_weight: float = 0.0  # share of the teacher's term for texts that also have a crowd target
     temperature: float = 1.0  # of the teacher's and the model's distributions in that term
-    transfer_sources: tuple[str, ...] = ("amazon", "nyt", "tweets", "fragments")  # teacher-labelled text added
+    transfer_sources: tuple[str, ...] = data_mod.TRANSFER_SOURCES  # teacher-labelled text added
 
 
 def default_base_model() -> str:
@@ -69,6 +69,23 @@ def describe_base_model(base_model: str) -> dict:
     if Path(base_model).resolve() == default:
         described = {"package": BASE_PACKAGE, "version": package_versions(BASE_PACKAGE).get(BASE_PACKAGE)}
     return {**described, "sha256": checkpoint_files(Path(base_model))}
+
+
+def start_run(cfg: TrainConfig) -> None:
+    """Threads and seeds, before any model is built (the new head's initialisation is seeded)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+
+
+def crowd_examples(cfg: TrainConfig, dataset: data_mod.Dataset) -> tuple[Examples, np.ndarray]:
+    """The train split with its ordinal soft targets, and the class weights of the loss."""
+    texts, y, ratings = dataset.part("train")
+    n_classes = len(dataset.label_names)
+    examples = Examples(texts, soft_targets(ratings, n_classes, cfg.soft_label_mix, cfg.soft_label_sigma, y))
+    return examples, class_weights_of(y, n_classes, cfg.class_weight_power)
 
 
 def seed_everything(seed: int) -> None:
@@ -256,9 +273,7 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    start_run(cfg)
     labels = list(dataset.label_names)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -272,11 +287,9 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
         from sentistream.export.pooling import use_mean_pooling
 
         use_mean_pooling(model)
-    train_texts, train_y, train_ratings = dataset.part("train")
     val_texts, val_y, _ = dataset.part("validation")
-    examples = Examples(train_texts, soft_targets(train_ratings, len(labels), cfg.soft_label_mix,
-                                                  cfg.soft_label_sigma, train_y))
-    counts = {"train": len(train_texts)}
+    examples, weights = crowd_examples(cfg, dataset)
+    counts = {"train": len(examples.texts)}
     if teacher is not None:
         recorded = teacher.meta.get("split_sha256")
         if recorded != data_mod.split_sha256(dataset):
@@ -285,7 +298,6 @@ def train(cfg: TrainConfig, dataset: data_mod.Dataset, progress: bool = True,
         examples, counts = teacher.examples_for(examples, cfg.soft_label_mix, cfg.soft_label_sigma,
                                                  exclude=set(val_texts) | set(dataset.part("test")[0]),
                                                  sources=cfg.transfer_sources)
-    weights = class_weights_of(train_y, len(labels), cfg.class_weight_power)
     result = fit(model, tokenizer, cfg, examples, val_texts, val_y, weights, progress)
 
     checkpoint = cfg.out_dir / "checkpoint"
