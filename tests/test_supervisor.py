@@ -107,6 +107,11 @@ def _until_sigterm() -> None:
         time.sleep(1)
 
 
+def _sleep_forever() -> None:  # SIGTERM's default action: a child that has not installed its handler yet
+    while True:
+        time.sleep(1)
+
+
 def _ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
@@ -204,6 +209,18 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, caplog
     sup.close()
     assert result == [EXIT_FAILED]
     assert "worker 0 (pid " in caplog.text and "did not stop within 0.5 s; killing it" in caplog.text
+
+
+def test_a_child_ended_by_sigterm_before_it_had_a_handler_is_a_clean_stop(tmp_path, caplog) -> None:
+    sup = make_supervisor(tmp_path, spawner(lambda i: (_sleep_forever, ())), processes=1)
+    thread, result = run_in_thread(sup)
+    wait_for(lambda: sup.slots[0].proc is not None)
+    with caplog.at_level(logging.INFO, logger="sentistream.worker.supervisor"):
+        sup.request_stop()
+        thread.join(5)
+    sup.close()
+    assert result == [EXIT_OK]
+    assert "worker 0 (pid " in caplog.text and "stopped before it had started" in caplog.text
 
 
 def test_a_stalled_child_is_killed_restarted_and_counted(tmp_path, caplog) -> None:

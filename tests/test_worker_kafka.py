@@ -195,6 +195,25 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def test_a_stop_requested_during_start_up_is_kept(kafka, topics) -> None:
+    """SIGTERM can arrive while a (restarted) worker still connects; the loop must not start then."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from sentistream.worker.loop import Worker
+    from sentistream.worker.metrics import WorkerMetrics
+
+    worker = Worker(topics(), WorkerMetrics(CollectorRegistry()))
+    worker.stop()  # what the signal handler does, before run() has set anything up
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the worker ran on after a stop requested before its loop began"
+    assert result == [0]
+
+
 def test_supervisor_restarts_a_killed_child_and_one_scrape_sees_all(kafka, topics, tmp_path) -> None:
     import os
 

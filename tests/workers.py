@@ -67,9 +67,16 @@ class WorkerProcess:
         """The sum of ``name``'s samples (with ``labels``) in one scrape."""
         return scrape(self.url("/metrics")).total(name, **labels)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
+        """Signal it and wait for its exit code; one that outlives ``timeout`` (more than the
+        supervisor's 60 s grace) is killed and its log is the failure."""
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            why = f"worker did not exit {timeout} s after {signal.Signals(sig).name}"
+            raise AssertionError(f"{why}:\n{self.log()}") from None
 
     def kill(self) -> None:
         self.proc.kill()

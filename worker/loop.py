@@ -1,7 +1,8 @@
 """The run loop: poll → decode → micro-batch → classify → publish → checkpoint.
 
 One thread owns the consumer, the producer and the offsets. Resources live in an ExitStack;
-SIGTERM/SIGINT call :meth:`Worker.stop`; partitions being revoked get their acknowledged work
+SIGTERM/SIGINT set the stop event the worker was given (worker/supervisor.py installs the handlers
+before anything loads, so a stop that arrives during start-up is kept); partitions being revoked get their acknowledged work
 committed first. The delivery strategy (worker/delivery.py) decides what may be committed.
 """
 
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
+import threading
 import time
 
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -57,8 +58,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Worker:
     def __init__(self, settings: Settings, metrics: WorkerMetrics, process_index: int = 0,
-                 bundle: Bundle | None = None, report_lag: bool = True) -> None:
+                 bundle: Bundle | None = None, report_lag: bool = True,
+                 stop_event: threading.Event | None = None) -> None:
         self.settings = settings
+        self.stop_event = stop_event or threading.Event()
         self.metrics = metrics
         self.process_index = process_index
         self.report_lag = report_lag
@@ -86,14 +89,13 @@ class Worker:
             self.latency = LatencyTarget(settings.latency_target_ms / 1000, settings.batch_size, self.pipeline.cost,
                                          chars=lambda d: [len(s.text) for s in d.sentences])
         self.assignment: set[TopicPartition] = set()
-        self.running = False
         self._next_lag_at = 0.0
         self.consumer = None
         self.delivery: AtLeastOnce | ExactlyOnce | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
-        self.running = False
+        self.stop_event.set()
 
     def run(self) -> int:
         s = self.settings
@@ -123,9 +125,8 @@ class Worker:
             self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
             log.info("worker %d consuming %s as group %s (%s), model %s %s", self.process_index, s.input_topic,
                      s.group_id, s.delivery, self.pipeline.model.name, self.pipeline.model.version)
-            self.running = True
             try:
-                while self.running:
+                while not self.stop_event.is_set():
                     self.turn()
                 self.health.set(STOPPING, "finishing the work in hand")
                 # Graceful stop: finish what is held, publish, commit, leave the group.
@@ -285,7 +286,3 @@ class Worker:
             if done is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
-
-def install_signal_handlers(worker: Worker) -> None:
-    signal.signal(signal.SIGTERM, worker.stop)
-    signal.signal(signal.SIGINT, worker.stop)

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,20 +60,22 @@ Clock = Callable[[], float]
 def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle: Bundle | None = None) -> int:
     """One worker in this process (the child's body, and the whole thing when N = 1); ``bundle``:
     one already loaded. A supervisor's child serves no HTTP and reports no lag."""
+    stop_event = threading.Event()
+    stop_on_signals(stop_event)  # first: a SIGTERM while the bundle loads is kept, not lost
     from prometheus_client import CollectorRegistry
 
     from sentistream.worker.bundle import BundleError
-    from sentistream.worker.loop import Worker, install_signal_handlers
+    from sentistream.worker.loop import Worker
     from sentistream.worker.metrics import WorkerMetrics, serve
 
     registry = CollectorRegistry() if serve_http else None
     metrics = WorkerMetrics(registry)
     try:
-        worker = Worker(settings, metrics, process_index=index, bundle=bundle, report_lag=serve_http)
+        worker = Worker(settings, metrics, process_index=index, bundle=bundle, report_lag=serve_http,
+                        stop_event=stop_event)
     except BundleError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    install_signal_handlers(worker)
     server = None
     if serve_http and settings.metrics_port:
         server = serve(settings.metrics_host, settings.metrics_port, registry, worker.health.live,
@@ -82,6 +85,12 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
     finally:
         if server is not None:
             server.shutdown()
+
+
+def stop_on_signals(stop_event: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop_event``; the worker's loop ends when it sees it."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop_event.set())
 
 
 def _child(settings: Settings, index: int) -> None:
@@ -430,7 +439,9 @@ class Supervisor:
     def _stopped(self, slot: _Slot) -> None:
         index, pid = slot.index, slot.pid
         code = self._reap(slot)
-        if code != 0:
+        if code == -signal.SIGTERM:  # ended by the signal itself: it had not installed its handler, done nothing
+            log.info("worker %d (pid %d) stopped before it had started", index, pid)
+        elif code != 0:
             log.warning("worker %d (pid %d) did not stop cleanly (%s)", index, pid, describe_exit(code))
             if self.exit_code == EXIT_OK:
                 self.exit_code = EXIT_FAILED
