@@ -157,7 +157,9 @@ class Worker:
             room = max(1, self.chunk - len(self.collector))
             records = intake.poll(self.consumer, self._probe, timeout_ms, room)
             self.collector.add([self.pipeline.decode(r) for r in records])
-            if self.collector.ready(drained=timeout_ms == 0 and not records):
+            # A poll returns what the client holds, up to ``room``: fewer means nothing more is
+            # waiting, so another poll to find that out would only add a turn's latency.
+            if self.collector.ready(drained=len(records) < room):
                 self.process(self.collector.take(self._cut()))
         else:  # backpressure: no fetching until the oldest sends settle
             self.delivery.wait(0.2)

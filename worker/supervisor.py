@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +48,7 @@ RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STABLE_AFTER_S = 60.0  # a child that ran this long before exiting starts its back-off over
 STOP_GRACE_S = 60.0
 CHECK_EVERY_S = 1.0  # the loop turns at least this often (stall checks, /healthz)
+GIL_SWITCH_S = 0.0005
 
 # The children's gauges the supervisor reads (defined in worker/metrics.py, multiprocess mode liveall).
 READY_GAUGE = "sentistream_worker_ready"
@@ -62,6 +64,7 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
     one already loaded. A supervisor's child serves no HTTP and reports no lag."""
     stop_event = threading.Event()
     stop_on_signals(stop_event)  # first: a SIGTERM while the bundle loads is kept, not lost
+    one_core_each(settings)
     from prometheus_client import CollectorRegistry
 
     from sentistream.worker.bundle import BundleError
@@ -85,6 +88,14 @@ def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle:
     finally:
         if server is not None:
             server.shutdown()
+
+
+def one_core_each(settings: Settings) -> None:
+    """Process-wide knobs of a worker that owns ``settings.threads`` cores: the tokenizer's own
+    thread pool only when that is more than one, and the GIL handed between the loop and the Kafka
+    clients' I/O threads every GIL_SWITCH_S instead of Python's 5 ms (docs/performance.md)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if settings.threads > 1 else "false")
+    sys.setswitchinterval(GIL_SWITCH_S)
 
 
 def stop_on_signals(stop_event: threading.Event) -> None:
