@@ -232,7 +232,7 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
     seed: Annotated[int | None, typer.Option(
-        help="shuffling and head initialisation [default: 3 with --teacher-labels (chosen on validation), else 0]")
+        help="shuffling and head initialisation [default: 1 with --teacher-labels (chosen on validation), else 0]")
     ] = None,
     version: Annotated[str, typer.Option()] = "1.0.0",
 ) -> None:
@@ -275,7 +275,7 @@ def train_cmd(
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
                             threads=threads, device=device,
-                            seed=seed if seed is not None else (3 if teacher else 0),
+                            seed=seed if seed is not None else (1 if teacher else 0),
                             distill_weight=(0.9 if distill_weight is None else distill_weight) if teacher else 0.0,
                             temperature=temperature or 1.0, transfer_sources=sources if teacher else ())
     summary = train.train(cfg, dataset, teacher=teacher)
