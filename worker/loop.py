@@ -1,9 +1,9 @@
 """The run loop: poll → decode → micro-batch → classify → publish → checkpoint.
 
 One thread owns the consumer, the producer and the offsets. Resources live in an ExitStack;
-SIGTERM/SIGINT set the stop event the worker was given (worker/supervisor.py installs the handlers
-before anything loads, so a stop that arrives during start-up is kept); partitions being revoked get their acknowledged work
-committed first. The delivery strategy (worker/delivery.py) decides what may be committed.
+SIGTERM/SIGINT set the stop event the worker was given (worker/supervisor.py installs the
+handlers before anything loads, so a stop during start-up is kept); partitions being revoked get
+their acknowledged work committed first. The delivery strategy (worker/delivery.py) decides what may be committed.
 """
 
 from __future__ import annotations
