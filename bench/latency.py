@@ -83,6 +83,9 @@ def noop_bundle(src: Path, out: Path) -> Path:
 def _offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[str, float]:
     """Send ``rate`` msgs/s for ``seconds``; the send time (ms, also the record's timestamp) of each id."""
     producer = kafka_clients.producer(s, s.bootstrap_servers, linger_ms=0)
+    # The first send would wait for the connection and the topic's metadata (~0.1 s) and then
+    # release a burst: the offered load would not be steady from its first message.
+    producer.partitions_for(s.input_topic)
     sent: dict[str, float] = {}
     start = time.monotonic()
     for i in range(int(rate * seconds)):

@@ -182,6 +182,60 @@ def test_unacknowledged_sends_hold_the_commit_back() -> None:
     assert consumer.committed_to(P0) == 3
 
 
+def _acknowledge(producer: FakeProducer, offsets: range) -> None:
+    for f in futures_of(producer, offsets):
+        f.succeed()
+
+
+def test_a_commit_interval_holds_commits_back_until_due_then_commits_the_latest() -> None:
+    d, consumer, producer, clock = make(AtLeastOnce, max_in_flight=10_000, commit_interval=0.1)
+    d.deliver(handled(0, range(0, 10)))  # the first commit is due at once
+    _acknowledge(producer, range(0, 10))
+    d.checkpoint()
+    assert consumer.commits == [{P0: 10}]
+    d.deliver(handled(0, range(10, 20)))
+    _acknowledge(producer, range(10, 20))
+    d.deliver(handled(1, range(0, 5)))
+    _acknowledge(producer, range(20, 25))
+    d.checkpoint()
+    assert len(consumer.commits) == 1, "committed again before the interval was over"
+    clock.now += 0.1
+    d.checkpoint()
+    assert consumer.commits[1:] == [{P0: 20, P1: 5}]
+
+
+@pytest.mark.parametrize("path", ["revoke", "close"])
+def test_offsets_held_by_the_commit_interval_are_committed_at_once_on_revoke_and_close(path) -> None:
+    d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000, commit_interval=60.0)
+    d.deliver(handled(0, range(0, 10)))
+    _acknowledge(producer, range(0, 10))
+    d.checkpoint()  # the first one
+    d.deliver(handled(0, range(10, 20)))
+    _acknowledge(producer, range(10, 20))
+    d.checkpoint()
+    assert consumer.committed_to(P0) == 10
+    if path == "revoke":
+        d.revoke({P0})
+    else:
+        d.close(timeout=0.5)
+    assert consumer.committed_to(P0) == 20
+
+
+def test_offsets_held_for_lost_partitions_are_never_committed() -> None:
+    d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000, commit_interval=60.0)
+    d.deliver(handled(0, range(0, 10)))
+    _acknowledge(producer, range(0, 10))
+    d.checkpoint()
+    d.deliver(handled(0, range(10, 20)))
+    d.deliver(handled(1, range(0, 5)))
+    _acknowledge(producer, range(10, 25))
+    d.checkpoint()
+    d.lose({P0})  # expelled: P0 belongs to another member now
+    d.close(timeout=0.5)
+    assert consumer.committed_to(P0) == 10
+    assert consumer.committed_to(P1) == 5
+
+
 def test_a_record_the_client_refuses_is_dead_lettered_and_committed_once_that_is_acknowledged() -> None:
     d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000)
     producer.refuse["out"] = TypeError("All headers items must be (str, bytes) tuples")

@@ -245,12 +245,17 @@ class _Delivery:
 
 class AtLeastOnce(_Delivery):
     """Sends and moves on; commits (asynchronously, in the loop) each partition's prefix of
-    acknowledged records. A lost commit only means re-reading acknowledged input."""
+    acknowledged records, at most once per ``commit_interval`` seconds (a commit per turn costs
+    the client and the broker a request each time), and at once on revoke and close. A lost or
+    late commit only means re-reading acknowledged input."""
 
-    def __init__(self, *args: Any, max_in_flight: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_in_flight: int, commit_interval: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_in_flight = max_in_flight
         self.pending: dict[TopicPartition, deque[Entry]] = {}
+        self.commit_interval = commit_interval
+        self.uncommitted: dict[TopicPartition, int] = {}  # acknowledged, waiting for the next commit
+        self._commit_due = 0.0
 
     def in_flight(self) -> int:
         return sum(len(q) for q in self.pending.values())
@@ -312,8 +317,9 @@ class AtLeastOnce(_Delivery):
                 self._count(replacement)
         self._passed(advanced)
         self._resume_due()
-        if advanced:
-            self._commit(advanced, blocking)
+        self.uncommitted.update(advanced)
+        if self.uncommitted and (blocking or only is not None or self.clock() >= self._commit_due):
+            self._commit(blocking)
         return rewound
 
     def revoke(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
@@ -337,6 +343,7 @@ class AtLeastOnce(_Delivery):
         (duplicates, which at-least-once allows)."""
         for tp in tps:
             self.pending.pop(tp, None)
+            self.uncommitted.pop(tp, None)  # no longer ours to commit
         self._forget(tps)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -347,8 +354,12 @@ class AtLeastOnce(_Delivery):
             except kerr.KafkaError as exc:
                 log.warning("sends still in flight at close: %s", _one_line(exc))
             self.checkpoint(blocking=True)
+        self.checkpoint(blocking=True)  # what was acknowledged before and not committed yet
 
-    def _commit(self, offsets: dict[TopicPartition, int], blocking: bool) -> None:
+    def _commit(self, blocking: bool) -> None:
+        """Commit every partition's acknowledged prefix held so far."""
+        offsets, self.uncommitted = self.uncommitted, {}
+        self._commit_due = self.clock() + self.commit_interval
         try:
             if blocking:
                 self.consumer.commit(_commit_map(offsets))

@@ -114,7 +114,8 @@ class Worker:
                 self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s)
             else:
                 self.delivery = AtLeastOnce(*shared, retry_max_s=s.publish_retry_max_s,
-                                            max_in_flight=s.max_in_flight_batches * self.chunk)
+                                            max_in_flight=s.max_in_flight_batches * self.chunk,
+                                            commit_interval=s.commit_interval_ms / 1000)
             admin = kafka_clients.admin(s, bootstrap)
             try:
                 self.pipeline.fit_topics(kafka_clients.topic_max_bytes(admin, [s.output_topic, s.dlq_topic]))

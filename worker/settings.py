@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Delivery and flow control
     delivery: DeliveryMode = "at-least-once"
     max_in_flight_batches: int = Field(default=4, ge=1)
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000, description="at-least-once: commit input "
+                                    "offsets at most this often (and at once on revoke and stop); 0: after "
+                                    "every piece of work")
     rebalance: Rebalance = Field(default="eager", description="eager: every member gives its partitions back "
                                  "and gets a new set (with kafka-python 3.0.12 the shorter pause, measured in "
                                  "docs/operations.md); cooperative: only moving partitions change hands, in two "
