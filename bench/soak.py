@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import signal
@@ -30,12 +29,14 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kafka import TopicPartition
+
+from sentistream.bench.streams import Feeder, Monitor
 from sentistream.cli.flags import worker_command
 from sentistream.cli.local_kafka import free_port
 from sentistream.cli.scrape import wait_ready
@@ -149,105 +150,6 @@ class _LagGauge:
 
 
 # -- the moving parts ---------------------------------------------------------------------------
-class Feeder:
-    """Sends ``{"id", "text"}`` at ``rate`` per second until stopped; remembers each id's send time
-    (wall clock, to compare with arrivals) and which ids the broker acknowledged."""
-
-    def __init__(self, settings: Settings, bootstrap: str, rate: float, texts: list[str]) -> None:
-        self.topic, self.rate, self.texts = settings.input_topic, rate, texts
-        self.producer = kafka_clients.producer(settings, bootstrap, linger_ms=5)
-        self.sent_at: dict[str, float] = {}
-        self.acked: set[str] = set()
-        self.failed: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-feeder", daemon=True)
-
-    def start(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop sending; wait for the acknowledgements of what was sent."""
-        self._stop.set()
-        self._thread.join()
-        self.producer.flush(timeout=150)
-        self.producer.close(timeout=10)
-
-    def close(self) -> None:
-        """Stop at once (a run that failed midway): records still in flight are dropped."""
-        self._stop.set()
-        self._thread.join()
-        self.producer.close(timeout=0)
-
-    def _run(self) -> None:
-        started, sent = time.monotonic(), 0
-        while not self._stop.is_set():
-            due = int((time.monotonic() - started) * self.rate)
-            for i in range(sent, due):
-                self._send(i)
-            sent = max(sent, due)
-            self._stop.wait(0.01)
-
-    def _send(self, i: int) -> None:
-        rid = f"s{i}"
-        value = json.dumps({"id": rid, "text": self.texts[i % len(self.texts)]}).encode()
-        self.sent_at[rid] = time.time()
-        future = self.producer.send(self.topic, key=f"k{i % 12}".encode(), value=value)
-        future.add_callback(lambda _meta: self.acked.add(rid))
-        future.add_errback(lambda exc: self.failed.__setitem__(rid, repr(exc)))
-
-
-class Monitor:
-    """A downstream read_committed consumer of the output and dead-letter topics, from their
-    first offsets: each id's first arrival (wall clock) and how many times it came."""
-
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        from kafka import TopicPartition
-
-        self.consumer = kafka_clients.consumer(settings, bootstrap, group_id=None, client_id="soak-monitor")
-        self.consumer.assign([TopicPartition(t, p) for t in (settings.output_topic, settings.dlq_topic)
-                              for p in range(settings.partitions)])
-        self.dlq_topic = settings.dlq_topic
-        self.first_seen: dict[str, float] = {}
-        self.counts: Counter[str] = Counter()
-        self.dead_letters = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-monitor", daemon=True)
-
-    def start(self) -> Monitor:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.consumer.close()
-
-    def has_all(self, ids: set[str]) -> bool:
-        with self._lock:
-            return ids <= self.first_seen.keys()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            polled = self.consumer.poll(timeout_ms=200)
-            now = time.time()
-            with self._lock:
-                for records in polled.values():
-                    for r in records:
-                        rid = _record_id(r.value)
-                        self.counts[rid] += 1
-                        self.first_seen.setdefault(rid, now)
-                        self.dead_letters += r.topic == self.dlq_topic
-
-
-def _record_id(value: bytes | None) -> str:
-    try:
-        return str(json.loads(value)["id"])
-    except (TypeError, ValueError, KeyError):
-        return "?"
-
-
 @dataclass
 class Worker:
     """One ``sentistream worker`` process (1 process × 1 thread), its log appended to ``log``."""
@@ -597,12 +499,15 @@ def run_soak(settings: Settings, minutes: float, rate: float | None, restart_eve
             f"topics {s.input_topic}/… on {bootstrap}")
         a.start().wait_ready()
         b.start().wait_ready()
-        monitor = Monitor(s, bootstrap).start()
+        reader = kafka_clients.consumer(s, bootstrap, group_id=None, client_id="soak-monitor")
+        reader.assign([TopicPartition(t, p) for t in (s.output_topic, s.dlq_topic) for p in range(s.partitions)])
+        monitor = Monitor(reader, dlq_topic=s.dlq_topic).start()
         parts.append(monitor)
         start = time.time()
         sampler = Sampler(s, a, b, start).start()
         parts.append(sampler)
-        feeder = Feeder(s, bootstrap, rate, texts).start()
+        feeder = Feeder(kafka_clients.producer(s, bootstrap, linger_ms=5), s.input_topic, rate, texts,
+                        prefix="s").start()
         parts.append(feeder)
         _drive(fig, a, b, start, minutes * 60, restart_every, say)
         end = time.time()

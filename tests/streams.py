@@ -9,19 +9,17 @@ every acknowledged id: lost, duplicated, the longest gap in the output.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import signal
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from sentistream.bench.streams import Feeder, Monitor, record_id
 from sentistream.worker.settings import Settings
 from tests.cluster import KafkaCluster
 from tests.workers import WorkerProcess
@@ -36,119 +34,6 @@ FRESH_TIMEOUT_S = 180  # a stalled worker: stall_timeout_s (60 s) + the probes (
 KAFKA_CHATTER = re.compile(r" kafka\.[\w.]+: ")
 TEXTS = ["The acting is superb.", "A dull, lifeless film.", "It is a movie.",
          "Not bad at all, though the ending drags.", "An instant classic!"]
-
-
-class Feeder:
-    """Sends ``{"id", "text"}`` records at a steady rate (acks=all, 12 keys) until stopped;
-    remembers when each id was sent and which ones the cluster acknowledged."""
-
-    def __init__(self, cluster: KafkaCluster, topic: str, rate: int = RATE) -> None:
-        self.topic, self.rate = topic, rate
-        self.producer = cluster.producer(linger_ms=5)
-        self.sent_at: dict[str, float] = {}
-        self.acked: set[str] = set()
-        self.failed: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
-
-    def start(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop sending and wait for the acknowledgements of what was sent."""
-        self._stop.set()
-        self._thread.join()
-        self.producer.flush(timeout=PRODUCER_DELIVERY_TIMEOUT_S + 30)
-        self.producer.close(timeout=10)
-
-    def close(self) -> None:
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join()
-            with contextlib.suppress(Exception):  # records still in flight: dropped
-                self.producer.close(timeout=0)
-
-    def _run(self) -> None:
-        started, sent = time.monotonic(), 0
-        while not self._stop.is_set():
-            due = int((time.monotonic() - started) * self.rate)
-            for i in range(sent, due):
-                self._send(i)
-            sent = max(sent, due)
-            self._stop.wait(0.01)
-
-    def _send(self, i: int) -> None:
-        record_id = f"r{i}"
-        value = json.dumps({"id": record_id, "text": TEXTS[i % len(TEXTS)]}).encode()
-        self.sent_at[record_id] = time.time()
-        future = self.producer.send(self.topic, key=f"k{i % 12}".encode(), value=value)
-        future.add_callback(lambda _meta: self.acked.add(record_id))
-        future.add_errback(lambda exc: self.failed.__setitem__(record_id, repr(exc)))
-
-
-def _record_id(record) -> str | None:
-    try:
-        return json.loads(record.value)["id"]
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
-class Monitor:
-    """A downstream consumer (read_committed) of the output and dead-letter topics: notes when
-    each id first arrived."""
-
-    def __init__(self, cluster: KafkaCluster, topics: list[str]) -> None:
-        self.consumer = cluster.consumer(*topics)
-        self.first_seen: dict[str | None, float] = {}
-        self.arrivals: list[float] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
-
-    def start(self) -> Monitor:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.consumer.close()
-
-    def close(self) -> None:
-        if not self._stop.is_set():
-            self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            polled = self.consumer.poll(timeout_ms=200)
-            now = time.time()
-            with self._lock:
-                for records in polled.values():
-                    for r in records:
-                        self.first_seen.setdefault(_record_id(r), now)
-                        self.arrivals.append(now)
-
-    def seen(self) -> dict[str | None, float]:
-        with self._lock:
-            return dict(self.first_seen)
-
-    def wait(self, done: Callable[[dict[str | None, float]], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done(self.seen()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:.0f} s")
-            time.sleep(0.2)
-
-    def first_fresh(self, since: float, sent_at: dict[str, float]) -> float | None:
-        """Seconds from ``since`` until the first result of an input sent after ``since`` arrived."""
-        fresh = [t for rid, t in self.seen().items() if sent_at.get(rid, 0.0) > since]
-        return min(fresh) - since if fresh else None
-
-    def longest_gap(self, start: float, end: float) -> float:
-        with self._lock:
-            times = [start] + [t for t in self.arrivals if start <= t <= end] + [end]
-        return max(b - a for a, b in pairwise(times))
 
 
 class Keeper:
@@ -317,8 +202,9 @@ class Stream:
 
     def feed(self, rate: int = RATE) -> None:
         s = self.settings
-        self.monitor = Monitor(self.cluster, [s.output_topic, s.dlq_topic]).start()
-        self.feeder = Feeder(self.cluster, s.input_topic, rate).start()
+        self.monitor = Monitor(self.cluster.consumer(s.output_topic, s.dlq_topic)).start()
+        self.feeder = Feeder(self.cluster.producer(linger_ms=5), s.input_topic, rate, TEXTS,
+                             flush_timeout_s=PRODUCER_DELIVERY_TIMEOUT_S + 30).start()
         self.started = time.time()
 
     def flowing(self) -> None:
@@ -348,8 +234,8 @@ class Stream:
         figures.notes.append(f"stop exit codes {self.keeper.stop_all()}")
         s = self.settings
         got = self.cluster.collect([s.output_topic, s.dlq_topic], len(expected), timeout=60,
-                                   until=lambda records: expected <= {_record_id(r) for r in records})
-        ids = Counter(_record_id(r) for r in got)
+                                   until=lambda records: expected <= {record_id(r.value) for r in records})
+        ids = Counter(record_id(r.value) for r in got)
         figures.inputs, figures.unacknowledged = len(expected), len(self.feeder.failed)
         figures.results = sum(1 for r in got if r.topic == s.output_topic)
         figures.dead_letters = sum(1 for r in got if r.topic == s.dlq_topic)
