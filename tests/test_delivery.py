@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 import pytest
-from kafka import TopicPartition
+from kafka import ConsumerGroupMetadata, TopicPartition
 from kafka import errors as kerr
 
 from sentistream.worker.contract import Reason, Rejection
@@ -42,6 +42,7 @@ class FakeProducer:
         self.commit_error: Exception | None = None
         self.transactions: list[str] = []
         self.offsets: list[dict] = []
+        self.groups: list[ConsumerGroupMetadata] = []
 
     def send(self, topic, value=None, key=None, headers=None) -> FakeFuture:
         if topic in self.refuse:
@@ -61,6 +62,7 @@ class FakeProducer:
 
     def send_offsets_to_transaction(self, offsets, group) -> None:
         self.offsets.append({tp: o.offset for tp, o in offsets.items()})
+        self.groups.append(group)
 
     def commit_transaction(self) -> None:
         if self.commit_error is not None:
@@ -80,6 +82,7 @@ class FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.paused_tps: set[TopicPartition] = set()
+        self.group = ConsumerGroupMetadata("g", 3, "member-1")
 
     def commit(self, offsets) -> None:
         self.commits.append({tp: o.offset for tp, o in offsets.items()})
@@ -95,8 +98,8 @@ class FakeConsumer:
     def resume(self, *tps) -> None:
         self.paused_tps.difference_update(tps)
 
-    def group_metadata(self) -> object:
-        return object()
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        return self.group
 
     def committed_to(self, tp: TopicPartition) -> int | None:
         return max((c[tp] for c in self.commits if tp in c), default=None)
@@ -312,4 +315,23 @@ def test_exactly_once_does_not_retry_work_the_group_took_away() -> None:
     assert producer.transactions == ["begin", "abort"]
     assert rewound == {P0, P1}
     assert sorted(consumer.seeks) == [(P0, 3), (P1, 7)] and not consumer.paused_tps
+    assert d.committed == {}
+
+
+def test_exactly_once_sends_offsets_with_the_members_generation() -> None:
+    d, consumer, producer, _ = make(ExactlyOnce)
+    d.deliver(handled(0, range(0, 2)))
+    assert producer.groups == [consumer.group] and producer.transactions == ["begin", "commit"]
+
+
+def test_exactly_once_commits_nothing_while_the_member_is_out_of_its_group() -> None:
+    """A refused heartbeat (expelled during a network cut) leaves the consumer without a
+    generation until its next poll; the broker takes offsets without one unchecked. The work is
+    aborted and given back, never committed."""
+    d, consumer, producer, _ = make(ExactlyOnce)
+    consumer.group = ConsumerGroupMetadata("g")  # what kafka-python holds after reset_generation()
+    rewound = d.deliver([*handled(0, range(3, 6)), *handled(1, range(7, 9))])
+    assert producer.transactions == ["begin", "abort"] and producer.offsets == []
+    assert rewound == {P0, P1}
+    assert sorted(consumer.seeks) == [(P0, 3), (P1, 7)]
     assert d.committed == {}

@@ -399,7 +399,7 @@ class ExactlyOnce(_Delivery):
                 refused = next((f.exception for _, _, f in sent if isinstance(f, Failed)), None)
                 if refused is not None:  # not sent at all: committing would skip its record
                     raise kerr.KafkaError(f"a send was refused: {_one_line(refused)}")
-                bounded(self.producer.send_offsets_to_transaction, _commit_map(offsets), self.consumer.group_metadata())
+                bounded(self.producer.send_offsets_to_transaction, _commit_map(offsets), self._membership())
                 bounded(self.producer.commit_transaction)
             except kerr.KafkaError as exc:
                 self._abort(exc)
@@ -438,6 +438,17 @@ class ExactlyOnce(_Delivery):
 
     def close(self, timeout: float = 30.0) -> None:
         pass
+
+    def _membership(self) -> Any:
+        """The consumer's group membership, for the broker to check the offsets against (KIP-447).
+        A member that has fallen out of its group (its heartbeat was refused after a network cut,
+        and it has not rejoined yet) holds no generation, and the broker accepts a transaction's
+        offsets *without* a generation unchecked: they could land beside the new owner's results
+        for the same records. Such work is refused here as the broker would refuse a stale one."""
+        group = self.consumer.group_metadata()
+        if group.generation_id < 0 or not group.member_id:
+            raise kerr.CommitFailedError("this member is out of its group (it rejoins on its next poll)")
+        return group
 
     def _abort(self, exc: BaseException) -> None:
         if isinstance(exc, FATAL_ERRORS):
