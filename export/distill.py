@@ -156,7 +156,7 @@ def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True
     texts, ratings, sources = transfer_set(dataset, cache_dir)
     device = train_mod.device_of(cfg.device)
     logits = train_mod.predict_logits(model.to(device), tokenizer, texts + val_texts + test_texts, cfg.max_length,
-                                      device=device)
+                                      device=device, precision=cfg.precision)
     n, v = len(texts), len(val_texts)
     figures = {part: {k: round(x, 4) for k, x in classification_figures(y, lg.argmax(1), n_classes).items()
                       if k != "confusion"}

