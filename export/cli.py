@@ -221,8 +221,9 @@ def train_cmd(
         help="with --data: the label names in order, comma-separated; default: in order of first appearance")] = None,
     base_model: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune; default: all-MiniLM-L6-v2")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name; default: sst5-minilm, or OUT's name with --data")] = None,
-    teacher_labels: Annotated[Path | None, typer.Option(
-        help="distil from these teacher labels (export teacher): the default model's recipe")] = None,
+    teacher_labels: Annotated[list[Path] | None, typer.Option(
+        help="distil from these teacher labels (export teacher): the default model's recipe; given more than "
+             "once, the teachers' probabilities are averaged")] = None,
     distill_weight: Annotated[float | None, typer.Option(
         min=0, max=1, help="with --teacher-labels: the teacher's share of the loss on texts with a crowd target "
                            "(texts only the teacher labels learn from it alone) [default: 0.9]")] = None,
@@ -260,9 +261,9 @@ def train_cmd(
     if data is not None and out is None:
         raise typer.BadParameter("name the bundle to write with --out (the default is the shipped model's)",
                                  param_hint="--out")
-    if data is not None and teacher_labels is not None:
+    if data is not None and teacher_labels:
         raise typer.BadParameter("teacher labels are made for the fixed SST split", param_hint="--teacher-labels")
-    if teacher_labels is None and (distill_weight, temperature, transfer_sources) != (None, None, None):
+    if not teacher_labels and (distill_weight, temperature, transfer_sources) != (None, None, None):
         raise typer.BadParameter("--distill-weight, --temperature and --transfer-sources go with --teacher-labels",
                                  param_hint="--teacher-labels")
     sources = tuple(s.strip() for s in (transfer_sources or ",".join(data_mod.TRANSFER_SOURCES)).split(",")
@@ -278,10 +279,10 @@ def train_cmd(
     else:
         dataset = data_mod.load(data_mod.default_cache_dir())
     teacher = None
-    if teacher_labels is not None:
+    if teacher_labels:
         from sentistream.export.distill import TeacherLabels
 
-        teacher = TeacherLabels.load(teacher_labels)
+        teacher = TeacherLabels.ensemble([TeacherLabels.load(path) for path in teacher_labels])
     cfg = train.TrainConfig(base_model=str(base_model or train.default_base_model()), out_dir=work_dir, epochs=epochs,
                             learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                             soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,

@@ -103,6 +103,24 @@ class TeacherLabels:
             return cls([str(t) for t in z["texts"]], z["logits"].astype(np.float32), z["ratings"],
                        [str(s) for s in z["sources"]], json.loads(str(z["meta"])))
 
+    @classmethod
+    def ensemble(cls, members: list[TeacherLabels]) -> TeacherLabels:
+        """Several teachers as one: per text, the mean of their probabilities (as log-probabilities,
+        so that softmax gives it back at temperature 1). They must have labelled the same texts for
+        the same split."""
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        for other in members[1:]:
+            if other.texts != first.texts or other.sources != first.sources:
+                raise DataError("teacher labels to average must cover the same texts: make them with the same "
+                                "version of 'sentistream export teacher'")
+            if other.meta.get("split_sha256") != first.meta.get("split_sha256"):
+                raise DataError("teacher labels to average were made for different splits")
+        probs = np.mean([np.exp(m.logits - _logsumexp(m.logits)) for m in members], axis=0)
+        meta = {"split_sha256": first.meta.get("split_sha256"), "ensemble": [m.meta for m in members]}
+        return cls(first.texts, np.log(probs).astype(np.float32), first.ratings, first.sources, meta)
+
     def describe(self) -> dict:
         names, counts = np.unique(self.sources, return_counts=True)
         return {**self.meta, "transfer_set": {str(n): int(c) for n, c in zip(names, counts, strict=True)}}
@@ -134,6 +152,11 @@ class TeacherLabels:
         for i in extra:
             counts[self.sources[i]] = counts.get(self.sources[i], 0) + 1
         return examples, counts
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
 
 
 def label(cfg, dataset: data_mod.Dataset, cache_dir: Path, progress: bool = True) -> TeacherLabels:

@@ -234,3 +234,22 @@ def test_numbers_as_labels_mean_the_same_in_training_and_in_eval(tmp_path: Path)
     _, y = read_labelled(path, list(dataset.label_names))
     assert dataset.label_names == ("2", "0", "1")
     np.testing.assert_array_equal(y, dataset.labels[:12])
+
+
+def test_teachers_are_averaged_by_their_probabilities_and_must_cover_the_same_texts() -> None:
+    texts, ratings, sources = ["a b", "c d"], np.array([1.0, np.nan]), ["train", "fragments"]
+    meta = {"split_sha256": "s"}
+    one = distill.TeacherLabels(texts, np.log(np.array([[0.8, 0.2], [0.5, 0.5]], dtype=np.float32)), ratings,
+                                sources, meta)
+    two = distill.TeacherLabels(texts, np.log(np.array([[0.4, 0.6], [0.1, 0.9]], dtype=np.float32)) + 3.0,
+                                ratings, sources, meta)
+    both = distill.TeacherLabels.ensemble([one, two])
+    np.testing.assert_allclose(np.exp(both.logits), [[0.6, 0.4], [0.3, 0.7]], rtol=1e-5)
+    assert both.meta["split_sha256"] == "s" and len(both.meta["ensemble"]) == 2
+    assert distill.TeacherLabels.ensemble([one]) is one
+    other = distill.TeacherLabels(["a b", "e f"], one.logits, ratings, sources, meta)
+    with pytest.raises(DataError, match="same texts"):
+        distill.TeacherLabels.ensemble([one, other])
+    with pytest.raises(DataError, match="different splits"):
+        distill.TeacherLabels.ensemble([one, distill.TeacherLabels(texts, one.logits, ratings, sources,
+                                                                   {"split_sha256": "t"})])
