@@ -7,7 +7,9 @@ epoch on validation, and writes its logits for the *transfer set* to a ``Teacher
 - ``amazon``, ``nyt``, ``tweets``: the other crowd-rated sets of the same archive (VADER, MIT
   licence; product reviews, editorials, tweets), with their crowd ratings;
 - ``fragments``: clauses of the training sentences (cut at , ; : -- and "but"), in-domain text
-  that only the teacher labels, much as the Treebank labels phrases of its sentences.
+  that only the teacher labels, much as the Treebank labels phrases of its sentences;
+- ``spans``: word windows of the training sentences (up to four per sentence, 4+ words, drawn by a
+  generator seeded with the sentence), phrases without a parser; only the teacher labels them.
 
 Any text equal to a validation or test sentence (case and spaces ignored) is left out, so the
 student never sees, even unlabelled, what it is chosen or scored on. ``train.train(…, teacher=)``
@@ -17,7 +19,9 @@ then fits the student on it (``train.fit``'s loss).
 from __future__ import annotations
 
 import json
+import random
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from sentistream.export.train import Examples, soft_targets
 
 _CUTS = re.compile(r"\s*(?:[,;:]|--| - )\s*|\s+but\s+", re.IGNORECASE)
 MIN_FRAGMENT_WORDS = 4
+SPANS_PER_SENTENCE = 4
 
 
 def normalise(text: str) -> str:
@@ -44,6 +49,31 @@ def fragments(sentences: list[str], exclude: set[str]) -> list[str]:
     for sentence in sentences:
         for piece in _CUTS.split(sentence):
             piece = piece.strip(" .!?\"'")
+            key = normalise(piece)
+            if len(key.split()) < MIN_FRAGMENT_WORDS or key in seen or key in whole or key in exclude:
+                continue
+            seen.add(key)
+            out.append(piece)
+    return out
+
+
+def spans(sentences: list[str], exclude: set[str], per_sentence: int = SPANS_PER_SENTENCE) -> list[str]:
+    """Word windows of ``sentences``: up to ``per_sentence`` per sentence, each at least four words and
+    shorter than its sentence, drawn by a generator seeded with the sentence's own text (so the
+    set does not depend on the sentences' order); each once, none in ``exclude`` (normalised) and
+    none equal to a whole sentence."""
+    whole = {normalise(s) for s in sentences}
+    seen: set[str] = set()
+    out = []
+    for sentence in sentences:
+        words = sentence.split()
+        if len(words) <= MIN_FRAGMENT_WORDS:
+            continue
+        rng = random.Random(zlib.crc32(sentence.encode()))
+        for _ in range(per_sentence):
+            length = rng.randint(MIN_FRAGMENT_WORDS, len(words) - 1)
+            start = rng.randint(0, len(words) - length)
+            piece = " ".join(words[start:start + length]).strip(" .,;:!?\"'-")
             key = normalise(piece)
             if len(key.split()) < MIN_FRAGMENT_WORDS or key in seen or key in whole or key in exclude:
                 continue
@@ -71,11 +101,13 @@ def transfer_set(dataset: data_mod.Dataset, cache_dir: Path,
                 texts.append(text)
                 ratings.append(rating)
                 origin.append(name)
-    if "fragments" in sources:
-        for piece in fragments(train_texts, held_out | seen):
-            texts.append(piece)
-            ratings.append(np.nan)
-            origin.append("fragments")
+    for name, cut in (("fragments", fragments), ("spans", spans)):
+        if name in sources:
+            for piece in cut(train_texts, held_out | seen):
+                seen.add(normalise(piece))
+                texts.append(piece)
+                ratings.append(np.nan)
+                origin.append(name)
     return texts, np.asarray(ratings, dtype=np.float64), origin
 
 
