@@ -33,6 +33,19 @@ def test_fragments_are_clauses_of_four_words_or_more_and_never_held_out_text() -
     assert len(pieces) == len({distill.normalise(p) for p in pieces})
 
 
+def test_spans_are_word_windows_drawn_per_sentence_whatever_the_order() -> None:
+    sentences = ["The plot is thin but the acting is superb and moving to watch.", "Too short to cut.",
+                 "A warm film, funny and sad and true to its people all the way."]
+    held_out = {distill.normalise("the acting is superb")}
+    pieces = distill.spans(sentences, held_out)
+    assert 0 < len(pieces) <= 2 * distill.SPANS_PER_SENTENCE  # nothing from the four-word sentence
+    assert all(4 <= len(p.split()) < 13 and distill.normalise(p) in distill.normalise(" ".join(sentences))
+               for p in pieces)
+    assert not any(distill.normalise(p) in held_out for p in pieces)
+    assert len(pieces) == len({distill.normalise(p) for p in pieces})
+    assert set(distill.spans(sentences[::-1], held_out)) == set(pieces)
+
+
 def test_transfer_set_leaves_out_every_validation_and_test_sentence() -> None:
     dataset = data_mod.load(data_mod.default_cache_dir())
     texts, ratings, sources = distill.transfer_set(dataset, data_mod.default_cache_dir())
@@ -41,8 +54,12 @@ def test_transfer_set_leaves_out_every_validation_and_test_sentence() -> None:
     counts = {s: sources.count(s) for s in set(sources)}
     assert counts["train"] == len(dataset.train)
     assert counts["amazon"] > 3000 and counts["nyt"] > 5000 and counts["tweets"] > 4000 and counts["fragments"] > 5000
-    assert np.isnan(ratings[[s == "fragments" for s in sources]]).all()
-    assert not np.isnan(ratings[[s != "fragments" for s in sources]]).any()
+    assert counts["spans"] > 20000
+    added = [distill.normalise(t) for t, s in zip(texts, sources, strict=True) if s != "train"]
+    assert len(set(added)) == len(added) and not set(added) & {distill.normalise(t) for t in dataset.part("train")[0]}
+    unrated = [s in ("fragments", "spans") for s in sources]
+    assert np.isnan(ratings[unrated]).all()
+    assert not np.isnan(ratings[[not u for u in unrated]]).any()
 
 
 def _labels(texts: list[str], logits: np.ndarray, sources: list[str]) -> distill.TeacherLabels:
