@@ -168,8 +168,10 @@ def onnx_cmd(
 
 
 def _check_precision(precision: str) -> None:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise typer.BadParameter("choose auto, bf16 or fp32", param_hint="--precision")
+    from sentistream.export.train import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}", param_hint="--precision")
 
 
 DEFAULT_TEACHER_LABELS = Path("out/teacher/labels.npz")

@@ -168,12 +168,15 @@ def device_of(name: str):
     return torch.device(name)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 def uses_bf16(device, precision: str) -> bool:
     """Whether to compute in bf16 (autocast; weights and optimizer stay fp32): when asked, or with
     "auto" where the device does bf16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (about
     3.4x faster there than fp32 for the teacher's training step on a 2-core Zen 4)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision {precision!r}: choose auto, bf16 or fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
