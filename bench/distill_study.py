@@ -24,7 +24,7 @@ from sentistream.export import data as data_mod
 
 TEACHER_LRS = (2e-5, 3e-5, 5e-5)
 RATED = tuple(data_mod.OTHER_FILES)
-ALL = data_mod.TRANSFER_SOURCES
+ALL = (*data_mod.OTHER_FILES, "fragments")  # "all" when the study ran; spans came later
 STUDENTS = {
     "crowd only (shipped recipe)": {},
     "kd a.5 T1 train only": {"distill_weight": 0.5, "temperature": 1.0, "transfer_sources": ()},

@@ -233,7 +233,7 @@ def train_cmd(
     temperature: Annotated[float | None, typer.Option(min=0.1, help="with --teacher-labels [default: 1]")] = None,
     transfer_sources: Annotated[str | None, typer.Option(
         help="with --teacher-labels: teacher-labelled text to add, comma-separated of amazon, nyt, tweets, "
-             "fragments, spans [default: all but spans]")] = None,
+             "fragments, spans [default: all]")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 4,
     learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -269,7 +269,7 @@ def train_cmd(
     if not teacher_labels and (distill_weight, temperature, transfer_sources) != (None, None, None):
         raise typer.BadParameter("--distill-weight, --temperature and --transfer-sources go with --teacher-labels",
                                  param_hint="--teacher-labels")
-    sources = tuple(s.strip() for s in (transfer_sources or ",".join(data_mod.STUDENT_SOURCES)).split(",")
+    sources = tuple(s.strip() for s in (transfer_sources or ",".join(data_mod.TRANSFER_SOURCES)).split(",")
                     if s.strip())
     unknown = set(sources) - set(data_mod.TRANSFER_SOURCES)
     if unknown:

@@ -35,8 +35,8 @@ OTHER_FILES = {
                "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f"),
 }
 
-TRANSFER_SOURCES = (*OTHER_FILES, "fragments", "spans")  # what a teacher labels beside the train split (export/distill.py)
-STUDENT_SOURCES = (*OTHER_FILES, "fragments")  # what the student learns from by default (docs/distillation.md)
+# What a teacher labels beside the train split, and what the student learns from by default (export/distill.py)
+TRANSFER_SOURCES = (*OTHER_FILES, "fragments", "spans")
 
 LABELS = ("Very negative", "Negative", "Neutral", "Positive", "Very positive")
 CUTS = (0.2, 0.4, 0.6, 0.8)

@@ -166,6 +166,10 @@ class TeacherLabels:
         if missing:
             raise DataError(f"the teacher labels lack {len(missing)} training sentences (first: {missing[0]!r}); "
                             "they were made for another split: run 'sentistream export teacher' again")
+        absent = [s for s in sources or () if s not in self.sources]
+        if absent:
+            raise DataError(f"the teacher labels hold no {', '.join(absent)} text: they were made by an older "
+                            "'sentistream export teacher': run it again, or leave them out with --transfer-sources")
         held_out = {normalise(t) for t in exclude}
         extra = [i for i, s in enumerate(self.sources) if s != "train" and (sources is None or s in sources)
                  and normalise(self.texts[i]) not in held_out]

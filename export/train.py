@@ -48,7 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has it natively
     distill_weight: float = 0.0  # share of the teacher's term for texts that also have a crowd target
     temperature: float = 1.0  # of the teacher's and the model's distributions in that term
-    transfer_sources: tuple[str, ...] = data_mod.STUDENT_SOURCES  # teacher-labelled text added
+    transfer_sources: tuple[str, ...] = data_mod.TRANSFER_SOURCES  # teacher-labelled text added
 
 
 def default_base_model() -> str:

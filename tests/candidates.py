@@ -1,5 +1,5 @@
 """Candidate bundles for the model-operation tests: the shipped bundle under another version,
-reading fewer tokens (7: it disagrees with the shipped 1.2.1 on 1 of tests/streams.py's 5 texts;
+reading fewer tokens (7: it disagrees with the shipped 1.3.0 on 1 of tests/streams.py's 5 texts;
 the tests check that it disagrees somewhere), or with other labels. Built in seconds
 from files on disk, no export needed."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path
 
 
-def candidate_bundle(out: Path, version: str = "1.2.1-short", max_length: int = 7,
+def candidate_bundle(out: Path, version: str = "1.3.0-short", max_length: int = 7,
                      labels: list[str] | None = None) -> Path:
     """A copy of the shipped bundle (model.onnx hard-linked where possible) whose manifest says
     ``version`` and ``max_length`` (and ``labels``), hashes rewritten."""

@@ -80,6 +80,8 @@ def test_teacher_labels_round_trip_and_join_the_training_sentences(tmp_path: Pat
     assert np.isnan(examples.targets[2]).all() and counts == {"train": 2, "fragments": 1}
     with pytest.raises(DataError, match="lack 1 training sentences"):
         loaded.examples_for(Examples(["unseen"], np.eye(5, dtype=np.float32)[[0]]), 0.5, 0.1, exclude=set())
+    with pytest.raises(DataError, match="hold no spans text"):
+        loaded.examples_for(train, 0.5, 0.1, exclude=set(), sources=("fragments", "spans"))
 
 
 def test_soft_targets_without_a_rating_are_the_label_alone() -> None:

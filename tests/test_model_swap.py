@@ -40,7 +40,7 @@ pytestmark = pytest.mark.kafka
 MODES = ("at-least-once", "exactly-once")
 RATE = 40  # records per second per stream: two streams, four worker processes, two models each, on 2 cores
 SHADOWED = 600  # sentences each stream's shadow compares before the promotion
-OLD, NEW = Manifest.read(default_bundle_path()).version, "1.2.1-short"
+OLD, NEW = Manifest.read(default_bundle_path()).version, "1.3.0-short"
 
 
 def model_cli(s: Settings, *args: str) -> subprocess.CompletedProcess:
