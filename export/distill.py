@@ -22,6 +22,7 @@ import json
 import random
 import re
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,46 +41,43 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def fragments(sentences: list[str], exclude: set[str]) -> list[str]:
-    """Clauses of ``sentences`` with at least four words, each once, none in ``exclude``
-    (normalised texts) and none equal to a whole sentence."""
+def _distinct(sentences: list[str], exclude: set[str], cut: Callable[[str], Iterable[str]]) -> list[str]:
+    """The pieces ``cut`` makes of each sentence that have at least four words, each once, none in
+    ``exclude`` (normalised texts) and none equal to a whole sentence."""
     whole = {normalise(s) for s in sentences}
     seen: set[str] = set()
     out = []
     for sentence in sentences:
-        for piece in _CUTS.split(sentence):
-            piece = piece.strip(" .!?\"'")
+        for piece in cut(sentence):
             key = normalise(piece)
             if len(key.split()) < MIN_FRAGMENT_WORDS or key in seen or key in whole or key in exclude:
                 continue
             seen.add(key)
             out.append(piece)
     return out
+
+
+def fragments(sentences: list[str], exclude: set[str]) -> list[str]:
+    """Clauses of ``sentences`` (cut at , ; : -- and "but"), as ``_distinct`` keeps them."""
+    return _distinct(sentences, exclude, lambda s: (piece.strip(" .!?\"'") for piece in _CUTS.split(s)))
+
+
+def _windows(sentence: str, count: int) -> Iterator[str]:
+    """``count`` word windows of ``sentence``, at least four words and shorter than it, drawn by a
+    generator seeded with the sentence's own text (so they do not depend on the sentences' order)."""
+    words = sentence.split()
+    if len(words) <= MIN_FRAGMENT_WORDS:
+        return
+    rng = random.Random(zlib.crc32(sentence.encode()))
+    for _ in range(count):
+        length = rng.randint(MIN_FRAGMENT_WORDS, len(words) - 1)
+        start = rng.randint(0, len(words) - length)
+        yield " ".join(words[start:start + length]).strip(" .,;:!?\"'-")
 
 
 def spans(sentences: list[str], exclude: set[str], per_sentence: int = SPANS_PER_SENTENCE) -> list[str]:
-    """Word windows of ``sentences``: up to ``per_sentence`` per sentence, each at least four words and
-    shorter than its sentence, drawn by a generator seeded with the sentence's own text (so the
-    set does not depend on the sentences' order); each once, none in ``exclude`` (normalised) and
-    none equal to a whole sentence."""
-    whole = {normalise(s) for s in sentences}
-    seen: set[str] = set()
-    out = []
-    for sentence in sentences:
-        words = sentence.split()
-        if len(words) <= MIN_FRAGMENT_WORDS:
-            continue
-        rng = random.Random(zlib.crc32(sentence.encode()))
-        for _ in range(per_sentence):
-            length = rng.randint(MIN_FRAGMENT_WORDS, len(words) - 1)
-            start = rng.randint(0, len(words) - length)
-            piece = " ".join(words[start:start + length]).strip(" .,;:!?\"'-")
-            key = normalise(piece)
-            if len(key.split()) < MIN_FRAGMENT_WORDS or key in seen or key in whole or key in exclude:
-                continue
-            seen.add(key)
-            out.append(piece)
-    return out
+    """Up to ``per_sentence`` word windows of each of ``sentences``, as ``_distinct`` keeps them."""
+    return _distinct(sentences, exclude, lambda s: _windows(s, per_sentence))
 
 
 def transfer_set(dataset: data_mod.Dataset, cache_dir: Path,
