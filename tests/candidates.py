@@ -11,8 +11,10 @@ from pathlib import Path
 
 from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path
 
+SHORT = f"{Manifest.read(default_bundle_path()).version}-short"  # the candidates' version by default
 
-def candidate_bundle(out: Path, version: str = "1.3.0-short", max_length: int = 7,
+
+def candidate_bundle(out: Path, version: str = SHORT, max_length: int = 7,
                      labels: list[str] | None = None) -> Path:
     """A copy of the shipped bundle (model.onnx hard-linked where possible) whose manifest says
     ``version`` and ``max_length`` (and ``labels``), hashes rewritten."""

@@ -17,7 +17,7 @@ from sentistream.worker.model_ops import ModelOps
 from sentistream.worker.pipeline import Pipeline
 from sentistream.worker.settings import Settings
 from sentistream.worker.swap_rule import SwapRule
-from tests.candidates import candidate_bundle
+from tests.candidates import SHORT, candidate_bundle
 from tests.streams import TEXTS
 
 Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
@@ -67,7 +67,7 @@ def test_the_shadow_sees_every_sentence_and_its_agreement_matches_an_offline_com
     assert sum(n for (a, b), n in confusion.items() if a == b) == sum(offline)
     # only the serving model's results are published; each says the shadow saw it
     assert {r["model"]["version"] for r in results} == {SERVING}
-    assert {r["headers"]["sentistream-shadow"] for r in results} == {b"sst5-minilm:1.3.0-short"}
+    assert {r["headers"]["sentistream-shadow"] for r in results} == {f"sst5-minilm:{SHORT}".encode()}
     assert [r["label"] for r in results] == [p.label for p in serving.classify(texts)]
     assert value(registry, "sentistream_shadow_inference_seconds_count") >= 2
 
@@ -83,7 +83,7 @@ def test_a_shadow_that_crashes_is_dropped_and_serving_goes_on(ops, candidate) ->
     results = handle(ops_, TEXTS)
     assert len(results) == len(TEXTS) and all("sentistream-shadow" not in r["headers"] for r in results)
     assert ops_.shadow is None and value(registry, "sentistream_shadow_dropped_total", reason="crashed") == 1
-    assert value(registry, "sentistream_shadow_info", name="sst5-minilm", version="1.3.0-short",
+    assert value(registry, "sentistream_shadow_info", name="sst5-minilm", version=SHORT,
                  sha256=Bundle(candidate).manifest.files["model.onnx"]) == 0
     assert len(handle(ops_, TEXTS, first=10)) == len(TEXTS)
 
@@ -105,13 +105,13 @@ def test_shadow_then_promote_switches_between_batches_and_results_say_which_vers
     ops_.apply(command("promote", candidate))
     after = handle(ops_, TEXTS, first=5)
     assert {r["model"]["version"] for r in before} == {SERVING}
-    assert {r["model"]["version"] for r in after} == {"1.3.0-short"}
-    assert {r["headers"]["sentistream-model"] for r in after} == {b"sst5-minilm:1.3.0-short"}
+    assert {r["model"]["version"] for r in after} == {SHORT}
+    assert {r["headers"]["sentistream-model"] for r in after} == {f"sst5-minilm:{SHORT}".encode()}
     assert [r["label"] for r in after] == [p.label for p in Bundle(candidate).classify(TEXTS)]
     assert ops_.shadow is None and value(registry, "sentistream_model_swaps_total", command="promote") == 1
     sha = Bundle(default_bundle_path()).manifest.files["model.onnx"]
     assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SERVING, sha256=sha) == 0
-    assert value(registry, "sentistream_model_info", name="sst5-minilm", version="1.3.0-short", sha256=sha) == 1
+    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SHORT, sha256=sha) == 1
     ops_.apply(command("rollback", default_bundle_path()))
     assert {r["model"]["version"] for r in handle(ops_, TEXTS, first=10)} == {SERVING}
 
@@ -147,7 +147,7 @@ def test_swap_when_promotes_the_shadow_once_it_has_agreed_often_enough(candidate
     assert pipeline.model.version == SERVING
     handle(ops_, TEXTS, first=5)
     ops_.check_rule()  # 10 compared, agreement 0.8
-    assert pipeline.model.version == "1.3.0-short" and ops_.shadow is None
+    assert pipeline.model.version == SHORT and ops_.shadow is None
 
 
 def test_the_latest_state_is_the_last_serving_and_shadow_commands(candidate) -> None:
@@ -160,7 +160,7 @@ def test_a_starting_worker_replays_the_latest_command_that_can_be_carried_out(op
     ops_, registry = ops
     forged = Received("ctl[0]@3", Command(command="promote", bundle=str(candidate), sha256="0" * 64))
     ops_.replay([command("shadow", candidate), command("promote", candidate), forged])
-    assert ops_.pipeline.model.version == "1.3.0-short" and ops_.shadow is None  # promoted: no shadow of itself
+    assert ops_.pipeline.model.version == SHORT and ops_.shadow is None  # promoted: no shadow of itself
     assert value(registry, "sentistream_control_refused_total", reason="hash_mismatch") == 1
 
 

@@ -30,7 +30,7 @@ from sentistream.cli.scrape import scrape
 from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
 from sentistream.worker.control import Command
 from sentistream.worker.settings import Settings
-from tests.candidates import candidate_bundle
+from tests.candidates import SHORT, candidate_bundle
 from tests.cluster import KafkaCluster
 from tests.streams import TEXTS, Figures, Keeper, Stream
 from tests.workers import REPO
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.kafka
 MODES = ("at-least-once", "exactly-once")
 RATE = 40  # records per second per stream: two streams, four worker processes, two models each, on 2 cores
 SHADOWED = 600  # sentences each stream's shadow compares before the promotion
-OLD, NEW = Manifest.read(default_bundle_path()).version, "1.3.0-short"
+OLD, NEW = Manifest.read(default_bundle_path()).version, SHORT
 
 
 def model_cli(s: Settings, *args: str) -> subprocess.CompletedProcess:
