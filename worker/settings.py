@@ -80,6 +80,9 @@ class Settings(BaseSettings):
                                      "differ from the serving bundle's")
     control_topic: str = Field(default="sentences.control", description="compacted topic of model commands "
                                "(sentistream model …) that every worker reads; the worker creates it if missing")
+    bundle_roots: str | None = Field(default=None, description="folders (separated by ':') under which control "
+                                     "commands may name bundles; default: the shipped models' folder and the "
+                                     "folder holding --bundle and --shadow-bundle")
 
     # Delivery and flow control
     delivery: DeliveryMode = "at-least-once"
@@ -95,6 +98,20 @@ class Settings(BaseSettings):
         default=None, description="exactly-once: stable id per process (default: derived)"
     )
 
+    max_in_flight_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, description="at-least-once: "
+                                     "bytes of results and dead letters sent and not yet acknowledged, per process, "
+                                     "before the worker stops fetching (records are bounded too, by "
+                                     "max_in_flight_batches)")
+    max_output_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="all the messages one input "
+                                  "record may produce together (results of its sentences and its review, keys, "
+                                  "headers and meta included); more is dead-lettered (result_too_large)")
+    publish_block_ms: int = Field(default=1_000, ge=10, le=120_000, description="how long a send may wait for "
+                                  "a topic's metadata or for buffer space; then the partition that published "
+                                  "there is paused and retried, and the others flow on")
+    max_record_attempts: int = Field(default=3, ge=1, le=100, description="a record that was being processed "
+                                     "when its worker died (crash, OOM kill, stall kill) this many times is "
+                                     "dead-lettered (crashed_worker) by whichever worker holds its partition next")
+
     publish_retry_max_s: float = Field(default=30.0, gt=0, description="longest back-off before retrying a "
                                        "partition whose results or dead letters could not be published")
 
@@ -102,9 +119,12 @@ class Settings(BaseSettings):
     processes: int = Field(default=1, ge=1, le=256)
     stall_timeout_s: float = Field(default=60.0, gt=0, description="/healthz fails (and the supervisor restarts "
                                    "the process) when the run loop has not turned for this long")
-    max_restarts: int = Field(default=5, ge=0, description="supervisor: more crashes than this within "
-                              "restart_window_s and it gives up (exit 3)")
+    max_restarts: int = Field(default=5, ge=0, description="supervisor: more crashes of one worker slot "
+                              "than this within restart_window_s and it gives up (exit 3)")
     restart_window_s: float = Field(default=300.0, gt=0)
+    start_timeout_s: float = Field(default=180.0, gt=0, description="supervisor: a worker process whose loop has "
+                                   "not turned this long after it started (a hang while loading or joining) is "
+                                   "killed and restarted")
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 turns it off")
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -125,6 +145,15 @@ class Settings(BaseSettings):
                 "sasl_username and sasl_password"
             )
         return self
+
+    def bundle_root_paths(self, shipped: Path) -> list[Path]:
+        """Where control commands may point: ``bundle_roots``, or by default ``shipped`` (the
+        shipped models' folder) and the folders holding ``bundle`` and ``shadow_bundle``."""
+        if self.bundle_roots:
+            return [Path(p) for p in self.bundle_roots.split(":") if p]
+        roots = [shipped]
+        roots += [Path(b).parent for b in (self.bundle, self.shadow_bundle) if b is not None]
+        return roots
 
     def kafka_client_config(self, bootstrap: str) -> dict[str, Any]:
         """kafka-python keyword arguments shared by every client (secrets stay in here)."""
