@@ -14,8 +14,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-# 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results
-CONTRACT_VERSION = "1.2"
+# 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results;
+# 1.3: dead-letter reasons internal_error and crashed_worker
+CONTRACT_VERSION = "1.3"
 HEADER_PREFIX = "sentistream-"
 
 
@@ -34,6 +35,8 @@ class Reason(StrEnum):
     RESULT_TOO_LARGE = "result_too_large"
     PUBLISH_FAILED = "publish_failed"
     UNREADABLE_RECORD = "unreadable_record"
+    INTERNAL_ERROR = "internal_error"
+    CRASHED_WORKER = "crashed_worker"
 
 
 class RawRecord(Protocol):
@@ -195,6 +198,8 @@ def parse(record: RawRecord, max_bytes: int) -> Parsed | Rejection:
             parsed = json.loads(stripped)
         except ValueError:
             parsed = text  # not JSON after all: plain text
+        except RecursionError:  # e.g. an array nested thousands deep
+            return Rejection(record, Reason.INVALID_JSON, "JSON nested too deeply")
         if parsed is None:
             return Rejection(record, Reason.EMPTY_TEXT, "record value is JSON null")
         if not isinstance(parsed, str):
@@ -203,7 +208,18 @@ def parse(record: RawRecord, max_bytes: int) -> Parsed | Rejection:
         text = parsed
     if not _has_text(text):
         return Rejection(record, Reason.EMPTY_TEXT, "text is empty")
+    if _lone_surrogate(text):
+        return Rejection(record, Reason.INVALID_UTF8, "the JSON string escapes a lone surrogate (not Unicode text)")
     return Parsed(derived_id(record), text, {})
+
+
+def _lone_surrogate(text: str) -> bool:
+    """JSON may escape half of a surrogate pair (``"\\ud800"``): such a string is not text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _has_text(text: str) -> bool:
@@ -219,6 +235,8 @@ def _decode_object(record: RawRecord, text: str) -> Parsed | Rejection:
         return Rejection(record, Reason.INVALID_JSON, "JSON nested too deeply")
     if not _has_text(message.text):
         return Rejection(record, Reason.EMPTY_TEXT, "field 'text' is empty")
+    if _lone_surrogate(message.text):
+        return Rejection(record, Reason.INVALID_FIELD, "field 'text' escapes a lone surrogate (not Unicode text)")
     meta = dict(message.model_extra or {})
     msg_id = derived_id(record) if message.id is None else str(message.id)
     return Parsed(msg_id, message.text, meta, message.split)
@@ -258,7 +276,8 @@ def result_headers(record: RawRecord, model: ModelRef, shadow: ModelRef | None =
     return _carried(record) + own
 
 
-def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
+def dead_letter_headers(rejection: Rejection, carried: bool = True) -> list[tuple[str, bytes]]:
+    """Ours (reason, detail, source coordinates), after the record's own headers when ``carried``."""
     r = rejection.record
     own = [
         (f"{HEADER_PREFIX}dlq-reason", rejection.reason.value.encode()),
@@ -267,7 +286,7 @@ def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
         (f"{HEADER_PREFIX}source-partition", str(r.partition).encode()),
         (f"{HEADER_PREFIX}source-offset", str(r.offset).encode()),
     ]
-    return _carried(r) + own
+    return _carried(r) + own if carried else own
 
 
 def _carried(record: RawRecord) -> list[tuple[str, bytes]]:

@@ -8,6 +8,7 @@ is retried once, then the batch is bisected until the guilty sentence is found.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ from sentistream.worker.contract import (
     review_of,
     to_sentences,
 )
+from sentistream.worker.faults import contained, kept, one_line
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -132,23 +134,44 @@ class Pipeline:
 
     # -- decode --------------------------------------------------------------------------------
     def decode(self, record: RawRecord) -> Decoded:
+        """The record's sentences, or why it cannot be classified; whatever decoding it raises
+        is its own dead letter (worker/faults.py)."""
+        return contained(lambda: self._decode(record),
+                         lambda exc: Decoded(record, [], self.internal_error(record, exc, "decoding")))
+
+    def _decode(self, record: RawRecord) -> Decoded:
         if isinstance(record, UnreadableRecord):
             return Decoded(record, [], Rejection(record, Reason.UNREADABLE_RECORD, record.error[:300]))
         parsed = parse(record, self.settings.max_message_bytes)
         if isinstance(parsed, Rejection):
             return Decoded(record, [], parsed)
         split = self.settings.split_sentences if parsed.split is None else parsed.split
+        limit = self.settings.max_sentences
         if split:
-            limit = self.settings.max_sentences
             estimate = len(_SENTENCE_END.findall(parsed.text))
             if estimate > limit:
                 return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
                                                      f"about {estimate} sentences > limit {limit}"))
         sentences = to_sentences(record, parsed.as_tuple(), self._splitter() if split else None)
-        if len(sentences) > self.settings.max_sentences:
+        if len(sentences) > limit:
             return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
-                                                 f"{len(sentences)} sentences > limit {self.settings.max_sentences}"))
+                                                 f"{len(sentences)} sentences > limit {limit}"))
+        # Each result repeats the record's key, headers and meta: refuse before classifying what
+        # could never be published.
+        floor = output_floor(record, sentences, split)
+        if floor > self.settings.max_output_bytes:
+            return Decoded(record, [], self._too_large(record, floor))
         return Decoded(record, sentences, review=split)
+
+    def internal_error(self, record: RawRecord, exc: BaseException, stage: str) -> Rejection:
+        r = record
+        log.error("%s[%d]@%d: %s raised %s; dead-lettering the record", r.topic, r.partition, r.offset, stage,
+                  one_line(exc))
+        return Rejection(record, Reason.INTERNAL_ERROR, f"{stage}: {one_line(exc)}"[:300])
+
+    def _too_large(self, record: RawRecord, size: int) -> Rejection:
+        return Rejection(record, Reason.RESULT_TOO_LARGE, f"its results take {size} bytes together (values, keys and "
+                         f"headers) > max_output_bytes {self.settings.max_output_bytes}")
 
     def _splitter(self) -> Callable[[str], list[str]]:
         """The sentence splitter, made on first use (a message may ask for splitting when the
@@ -162,20 +185,38 @@ class Pipeline:
     # -- classify and build messages -----------------------------------------------------------
     def handle(self, decoded: Sequence[Decoded]) -> list[Handled]:
         """Classify the records' sentences together (batched by token count) and build, per
-        record, its result messages or its dead letter."""
+        record, its result messages or its dead letter. Whatever the shared step raises is
+        confined by bisection to the record that causes it; building one record's messages is
+        a boundary of its own (worker/faults.py)."""
+        try:
+            outcomes = self._classify_records(decoded)
+        except BaseException as exc:
+            kept(exc)
+            if len(decoded) == 1:
+                return [self.dead_letter(self.internal_error(decoded[0].record, exc, "classifying"))]
+            half = len(decoded) // 2
+            return self.handle(decoded[:half]) + self.handle(decoded[half:])
+        return [contained(lambda d=d, mine=mine, shadow=shadow: self._outcome(d, mine, shadow),
+                          lambda exc, d=d: self.dead_letter(self.internal_error(d.record, exc, "building results")))
+                for d, mine, shadow in outcomes]
+
+    def _classify_records(self, decoded: Sequence[Decoded]) -> list[tuple[Decoded, list, ModelRef | None]]:
+        """Per record: its sentences' classifications (or errors) and the shadow that saw them."""
         sentences = [s for d in decoded if d.rejection is None for s in d.sentences]
         classified = self._classify(sentences)
         shadowed = self._shadow(sentences, classified)
         outcomes = iter(classified)
-        handled = []
-        for d in decoded:
-            mine = [] if d.rejection else [next(outcomes) for _ in d.sentences]
-            error = next((o for o in mine if isinstance(o, Exception)), None)
-            rejection = d.rejection or (Rejection(d.record, Reason.MODEL_ERROR, _one_line(error)) if error else None)
-            handled.append(self._results(d, mine, shadowed) if rejection is None else self.dead_letter(rejection))
-        return handled
+        return [(d, [] if d.rejection else [next(outcomes) for _ in d.sentences], shadowed) for d in decoded]
 
-    def _shadow(self, sentences: list[Sentence], classified: list[Classified | Exception]) -> ModelRef | None:
+    def _outcome(self, d: Decoded, mine: list[Classified | BaseException], shadow: ModelRef | None) -> Handled:
+        if d.rejection is not None:
+            return self.dead_letter(d.rejection)
+        error = next((o for o in mine if isinstance(o, BaseException)), None)
+        if error is not None:
+            return self.dead_letter(Rejection(d.record, Reason.MODEL_ERROR, one_line(error)))
+        return self._results(d, mine, shadow)  # type: ignore[arg-type]
+
+    def _shadow(self, sentences: list[Sentence], classified: list[Classified | BaseException]) -> ModelRef | None:
         """Have the shadow (if any) classify the sentences the serving model classified and
         compare; a shadow that fails is dropped here and serving goes on. Returns the shadow's
         model when it saw these sentences."""
@@ -186,25 +227,33 @@ class Pipeline:
                  if isinstance(c, Classified)]
         if not pairs:
             return shadow.model
-        if not shadow.compare([t for t, _ in pairs], [label for _, label in pairs]):
+        compared = contained(lambda: shadow.compare([t for t, _ in pairs], [label for _, label in pairs]),
+                             lambda exc: log.error("shadow dropped: %s", one_line(exc)) or False)
+        if not compared:
             self.shadow = None
             return None
         return shadow.model
 
     def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
         """The dead letter for ``rejection``: the original key, value and headers plus ours. A
-        ``stub`` carries only our headers (for a record whose full dead letter was refused)."""
+        ``stub`` carries only our headers: for a record whose full dead letter is too large or
+        was refused, or cannot even be built."""
+        r = rejection.record
+        full = None if stub else contained(lambda: self._full_dead_letter(rejection), lambda _exc: None)
+        own = [*dead_letter_headers(rejection, carried=False),
+               (f"{HEADER_PREFIX}dlq-stub", b"original key, value and headers left out")]
+        message = full or Outgoing(self.settings.dlq_topic, None, b"", own, dead_letter=True, stub=True)
+        return Handled(r, [message], rejection)
+
+    def _full_dead_letter(self, rejection: Rejection) -> Outgoing | None:
+        """The record's key, value and headers plus ours; None when that is over the DLQ's limit."""
         r = rejection.record
         headers = dead_letter_headers(rejection)
         # Kafka clients refuse a record with neither key nor value: a null value then goes as empty.
         value = r.value if r.value is not None or r.key is not None else b""
-        message = Outgoing(self.settings.dlq_topic, r.key, value, headers, dead_letter=True)
-        if stub or encoded_size(r.key, value, headers) > self.dead_letter_limit:
-            own = [(k, v) for k, v in headers if k.startswith(HEADER_PREFIX)]
-            message = Outgoing(self.settings.dlq_topic, None, b"",
-                               [*own, (f"{HEADER_PREFIX}dlq-stub", b"original key, value and headers left out")],
-                               dead_letter=True, stub=True)
-        return Handled(r, [message], rejection)
+        if encoded_size(r.key, value, headers) > self.dead_letter_limit:
+            return None
+        return Outgoing(self.settings.dlq_topic, r.key, value, headers, dead_letter=True)
 
     def _results(self, d: Decoded, classified: list[Classified], shadow: ModelRef | None = None) -> Handled:
         """The record's sentence results and, for a split record, its review result: one Handled,
@@ -225,21 +274,24 @@ class Pipeline:
             review = review_of(first.doc_id or first.id, list(self.bundle.manifest.labels), labels,
                                [c.prediction.scores for c in classified], self.model, source, first.meta)
             values.append((review.model_dump_json().encode(), result_headers(r, self.model, shadow, kind="review")))
-        messages = []
+        messages, total = [], 0
         for value, own in values:
             size = encoded_size(r.key, value, own)
             if size > self.result_limit:
                 return self.dead_letter(Rejection(r, Reason.RESULT_TOO_LARGE, f"a result of {size} bytes (value, key "
                                                   f"and headers) > limit {self.result_limit}"))
+            total += size
             messages.append(Outgoing(self.settings.output_topic, r.key, value, own))
+        if total > self.settings.max_output_bytes:
+            return self.dead_letter(self._too_large(r, total))
         return Handled(r, messages, labels=labels)
 
-    def _classify(self, sentences: list[Sentence]) -> list[Classified | Exception]:
+    def _classify(self, sentences: list[Sentence]) -> list[Classified | BaseException]:
         """Per sentence, in order: its classification, or the error that isolates it."""
-        out: list[Classified | Exception | None] = [None] * len(sentences)
+        out: list[Classified | BaseException | None] = [None] * len(sentences)
         encoded: list[tuple[int, Encoding]] = []
         for i, e in enumerate(self._tokenize([s.text for s in sentences])):
-            if isinstance(e, Exception):
+            if isinstance(e, BaseException):
                 out[i] = e
             else:
                 encoded.append((i, e))
@@ -247,7 +299,7 @@ class Pipeline:
             self.cost.observe_texts(sum(len(sentences[i].text) for i, _ in encoded), sum(len(e.ids) for _, e in encoded))
         for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
             for (i, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
-                if isinstance(p, Exception):
+                if isinstance(p, BaseException):
                     out[i] = p
                 elif e.overflowing:  # longer than the model reads: say so, with its true length
                     out[i] = Classified(p, self.bundle.token_count(sentences[i].text), truncated=True)
@@ -255,28 +307,23 @@ class Pipeline:
                     out[i] = Classified(p, len(e.ids))
         return out  # type: ignore[return-value]
 
-    def _tokenize(self, texts: list[str]) -> list[Encoding | Exception]:
+    def _tokenize(self, texts: list[str]) -> list[Encoding | BaseException]:
         try:
             return list(self.bundle.tokenize(texts))
-        except Exception:  # tokenizers' errors are untyped: find the guilty text(s) one by one
-            log.warning("tokenizing %d texts failed; isolating the guilty one(s)", len(texts))
-            out: list[Encoding | Exception] = []
-            for text in texts:
-                try:
-                    out.extend(self.bundle.tokenize([text]))
-                except Exception as exc:
-                    out.append(exc)
-            return out
+        except BaseException as exc:  # untyped errors, or a Rust panic: find the guilty text(s) one by one
+            log.warning("tokenizing %d texts failed (%s); isolating the guilty one(s)", len(texts), one_line(kept(exc)))
+            return [contained(lambda text=text: self.bundle.tokenize([text])[0], lambda fault: fault) for text in texts]
 
-    def _predict(self, encodings: list[Encoding], retry: bool = True) -> list[Prediction | Exception]:
+    def _predict(self, encodings: list[Encoding], retry: bool = True) -> list[Prediction | BaseException]:
         """Classify one batch. On an error: retry once after a short pause (a transient error
         passes), then bisect; a single sentence that still fails gets its error."""
         started = time.perf_counter()
         try:
             predictions = self.bundle.classify_encoded(encodings)
-        except Exception as exc:  # onnxruntime errors are untyped
+        except BaseException as exc:  # onnxruntime's errors are untyped
+            kept(exc)
             if retry:
-                log.warning("inference failed on a batch of %d (%s); retrying once", len(encodings), _one_line(exc))
+                log.warning("inference failed on a batch of %d (%s); retrying once", len(encodings), one_line(exc))
                 time.sleep(RETRY_DELAY_S)
                 return self._predict(encodings, retry=False)
             if len(encodings) == 1:
@@ -291,6 +338,12 @@ class Pipeline:
         return list(predictions)
 
 
-def _one_line(exc: object) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+def output_floor(record: RawRecord, sentences: list[Sentence], review: bool) -> int:
+    """A lower bound of what a record's results take together: each repeats its key and carried
+    headers, its text and its meta (measured once, as compact JSON)."""
+    key = len(record.key or b"")
+    headers = sum(len(k.encode()) + len(v or b"") + 10 for k, v in (record.headers or []))
+    meta = len(json.dumps(sentences[0].meta, separators=(",", ":"), default=str)) if sentences else 0
+    each = key + headers + meta
+    return sum(each + len(s.text.encode("utf-8", "replace")) for s in sentences) + (each if review else 0)
