@@ -219,7 +219,8 @@ class Worker:
 
     def _turned(self) -> None:
         self.health.turned()
-        self.metrics.loop_turned.set(time.time())
+        self.metrics.loop_turned.set(time.time())  # for dashboards
+        self.metrics.loop_turned_monotonic.set(time.monotonic())  # for the supervisor (worker/supervisor.py)
 
     def _problem_changed(self, problem: str, holds: bool, none_left: bool) -> None:
         self.metrics.problem_changed(problem, holds)

@@ -64,6 +64,11 @@ class WorkerMetrics:
         self.loop_turned = Gauge("sentistream_loop_last_turn_timestamp_seconds",
                                  "Unix time of the run loop's last turn (a stuck loop stops it).",
                                  registry=r, multiprocess_mode="liveall")
+        self.loop_turned_monotonic = Gauge(
+            "sentistream_loop_last_turn_monotonic_seconds",
+            "time.monotonic() of the run loop's last turn: one clock for all processes of a host (Linux), "
+            "untouched by wall-clock steps; the supervisor's start-up and stall checks read it.",
+            registry=r, multiprocess_mode="liveall")
         self.publish_blocked = Counter("sentistream_publish_blocked_total",
                                        "Times a partition was paused and rewound because a result or dead "
                                        "letter could not be published (retried with back-off).", ["topic"],

@@ -2,14 +2,20 @@
 
 The supervisor waits on its children's process sentinels and a wake-up pipe (never a blind sleep):
 a child that exits is restarted at a deadline after a back-off (1, 2, 5, 10, 30 s; back to 1 s once
-it had run for STABLE_AFTER_S); more than ``max_restarts`` restarts within ``restart_window_s`` is a
-crash loop, and it gives up (exit 3). SIGTERM/SIGINT are passed on at once; every child gets
-STOP_GRACE_S to finish its batch, then SIGKILL.
+it had run for STABLE_AFTER_S). More than ``max_restarts`` restarts of one worker slot within
+``restart_window_s`` is a crash loop, and it gives up (exit 3); slots are counted apart, so one
+event that makes every child exit once (a broker restart) is never a crash loop, however many
+children run. SIGTERM/SIGINT are passed on at once; every child gets STOP_GRACE_S to finish its
+batch, then SIGKILL.
 
 The children share a Prometheus multiprocess directory, so one scrape of the supervisor's port sees
 all of them. The supervisor reads the children's gauges there to answer ``/readyz`` per worker and
-to kill a child whose loop stopped turning (``stall_timeout_s``). Consumer lag is measured by the
-supervisor (worker/lag.py), so it stays right while a child is down.
+to SIGKILL (then restart, as a crash) a child whose loop has not turned within ``start_timeout_s``
+of its start (a hang while loading the bundle or connecting to Kafka) or stopped turning for
+``stall_timeout_s``. Both compare monotonic times: the child reports ``time.monotonic()`` of its
+last turn, one system-wide clock on Linux, so a step of the wall clock (NTP) neither kills a
+healthy child nor hides a stalled one. Consumer lag is measured by the supervisor (worker/lag.py),
+so it stays right while a child is down.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ GIL_SWITCH_S = 0.0005
 # The children's gauges the supervisor reads (defined in worker/metrics.py, multiprocess mode liveall).
 READY_GAUGE = "sentistream_worker_ready"
 PROBLEM_GAUGE = "sentistream_worker_problem"
-LAST_TURN_GAUGE = "sentistream_loop_last_turn_timestamp_seconds"
+TURNED_AT_GAUGE = "sentistream_loop_last_turn_monotonic_seconds"
 
 Clock = Callable[[], float]
 
@@ -116,8 +122,9 @@ class RestartPolicy:
     """When to restart a child that exited, and when to give up; the clock is injected.
 
     A child's back-off climbs ``backoff`` with each exit and starts over when it had run for
-    ``stable_after_s``. More than ``max_restarts`` restarts (of any child) within ``window_s`` is a
-    crash loop: :meth:`after_exit` answers None."""
+    ``stable_after_s``. More than ``max_restarts`` restarts of one child slot within ``window_s`` is
+    a crash loop: :meth:`after_exit` answers None. Each slot is counted apart: N children that each
+    exit once (one cluster-wide event) are N first restarts, not a crash loop."""
 
     def __init__(self, max_restarts: int, window_s: float, clock: Clock = time.monotonic,
                  backoff: Sequence[float] = RESTART_BACKOFF_S, stable_after_s: float = STABLE_AFTER_S) -> None:
@@ -127,29 +134,32 @@ class RestartPolicy:
         self.backoff = tuple(backoff)
         self.stable_after_s = stable_after_s
         self._streak: dict[int, int] = {}
-        self._restarts: deque[float] = deque()
+        self._restarts: dict[int, deque[float]] = {}
 
     def after_exit(self, index: int, started_at: float) -> float | None:
         """Child ``index``, started at ``started_at``, exited now: seconds until its restart, or
-        None when that restart would be one too many."""
+        None when that restart would be one too many for its slot."""
         now = self.clock()
-        self._forget_before(now - self.window_s)
-        if len(self._restarts) >= self.max_restarts:
+        restarts = self._within_window(index, now)
+        if len(restarts) >= self.max_restarts:
             return None
-        self._restarts.append(now)
+        restarts.append(now)
         streak = 0 if now - started_at >= self.stable_after_s else self._streak.get(index, 0)
         self._streak[index] = streak + 1
         return self.backoff[min(streak, len(self.backoff) - 1)]
 
-    def recent(self) -> tuple[int, float]:
-        """Restarts within the window, and the seconds since the oldest of them."""
+    def recent(self, index: int) -> tuple[int, float]:
+        """Slot ``index``'s restarts within the window, and the seconds since the oldest of them."""
         now = self.clock()
-        self._forget_before(now - self.window_s)
-        return len(self._restarts), (now - self._restarts[0]) if self._restarts else 0.0
+        restarts = self._within_window(index, now)
+        return len(restarts), (now - restarts[0]) if restarts else 0.0
 
-    def _forget_before(self, cutoff: float) -> None:
-        while self._restarts and self._restarts[0] <= cutoff:
-            self._restarts.popleft()
+    def _within_window(self, index: int, now: float) -> deque[float]:
+        """Slot ``index``'s restart times, those that left the window dropped."""
+        restarts = self._restarts.setdefault(index, deque())
+        while restarts and restarts[0] <= now - self.window_s:
+            restarts.popleft()
+        return restarts
 
 
 # -- what the children report (pure) --------------------------------------------------------------
@@ -159,7 +169,7 @@ class ChildReport:
 
     ready: bool = False
     problems: tuple[str, ...] = ()
-    last_turn: float = 0.0  # unix time; 0: the loop has not turned yet
+    turned_at: float = 0.0  # time.monotonic() of the loop's last turn (system-wide on Linux); 0: not yet
 
 
 def child_reports(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> dict[int, ChildReport]:
@@ -178,7 +188,7 @@ def child_reports(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> di
             held = problems.setdefault(pid, [])
             if value == 1:
                 held.append(labels.get("problem", "unknown"))
-        elif name == LAST_TURN_GAUGE:
+        elif name == TURNED_AT_GAUGE:
             turned[pid] = value
     return {pid: ChildReport(ready.get(pid, False), tuple(sorted(problems.get(pid, ()))), turned.get(pid, 0.0))
             for pid in {*ready, *problems, *turned}}
@@ -227,6 +237,34 @@ def readiness(slots: Sequence[SlotView], reports: Mapping[int, ChildReport], now
     return True, f"ready: {len(slots)} of {len(slots)} workers"
 
 
+@dataclass(frozen=True)
+class Hang:
+    """Why a child is killed: the line logged then, and how its exit is told afterwards."""
+
+    reason: str
+    how: str
+
+
+def hang_of(report: ChildReport | None, started_at: float, now: float, start_timeout_s: float,
+            stall_timeout_s: float) -> Hang | None:
+    """Whether a child started at ``started_at`` hangs at ``now`` (all monotonic): its loop has not
+    turned within ``start_timeout_s`` of its start, or not for ``stall_timeout_s`` since its last
+    turn. No report yet counts as not turned."""
+    turned_at = report.turned_at if report is not None else 0.0
+    if turned_at <= 0:
+        waited = now - started_at
+        if waited < start_timeout_s:
+            return None
+        return Hang(f"its loop has not turned in the {waited:.0f} s since it started (start_timeout_s "
+                    f"{start_timeout_s:g}; stuck loading the bundle or connecting to Kafka?)",
+                    f"was killed after its loop had not turned in {waited:.0f} s since its start")
+    idle = now - turned_at
+    if idle <= stall_timeout_s:
+        return None
+    return Hang(f"its loop has not turned for {idle:.0f} s (stall_timeout_s {stall_timeout_s:g})",
+                f"was killed after its loop stalled for {idle:.0f} s")
+
+
 def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
@@ -244,7 +282,7 @@ class _Slot:
     last_pid: int | None = None
     started_at: float = 0.0
     restart_at: float | None = None
-    stalled_for: float | None = None  # set when the supervisor killed it for not turning
+    killed: Hang | None = None  # set when the supervisor killed it for not turning
 
     def view(self) -> SlotView:
         return SlotView(self.index, self.pid, self.last_pid, self.restart_at)
@@ -260,14 +298,13 @@ class Supervisor:
     def __init__(self, settings: Settings, spawn: Callable[[int], BaseProcess],
                  reports: Callable[[], Mapping[int, ChildReport]], metrics: SupervisorMetrics,
                  forget: Callable[[int], None] = lambda _pid: None, policy: RestartPolicy | None = None,
-                 clock: Clock = time.monotonic, wall: Clock = time.time, grace_s: float = STOP_GRACE_S) -> None:
+                 clock: Clock = time.monotonic, grace_s: float = STOP_GRACE_S) -> None:
         self.settings = settings
         self.spawn = spawn
         self.reports = reports
         self.metrics = metrics
         self.forget = forget
         self.clock = clock
-        self.wall = wall
         self.grace_s = grace_s
         self.policy = policy or RestartPolicy(settings.max_restarts, settings.restart_window_s, clock)
         self.slots = [_Slot(i) for i in range(settings.processes)]
@@ -345,7 +382,7 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         proc = self.spawn(slot.index)
         slot.proc, slot.pid, slot.started_at = proc, proc.pid, self.clock()
-        slot.restart_at = slot.stalled_for = None
+        slot.restart_at = slot.killed = None
         log.info("started worker %d (pid %d)", slot.index, proc.pid)
         self._publish()
 
@@ -368,11 +405,10 @@ class Supervisor:
                       slot.index, pid, code)
             self._give_up(EXIT_CONFIG)
             return
-        how = (f"was killed after its loop stalled for {slot.stalled_for:.0f} s" if slot.stalled_for is not None
-               else f"exited ({describe_exit(code)})")
+        how = slot.killed.how if slot.killed is not None else f"exited ({describe_exit(code)})"
         delay = self.policy.after_exit(slot.index, slot.started_at)
         if delay is None:
-            count, span = self.policy.recent()
+            count, span = self.policy.recent(slot.index)
             log.error("crash loop: worker %d (pid %d) %s after %d restarts in the last %.0f s (max_restarts %d "
                       "within %.0f s); giving up, stopping all workers (exit %d)", slot.index, pid, how, count, span,
                       self.policy.max_restarts, self.policy.window_s, EXIT_CRASH_LOOP)
@@ -394,12 +430,13 @@ class Supervisor:
                 self.metrics.restarts.inc()
 
     def _check_stalls(self) -> None:
-        """SIGKILL a child whose loop turned once but not within ``stall_timeout_s`` since; its exit
-        is then handled as a crash."""
-        limit = self.settings.stall_timeout_s
+        """SIGKILL a child whose loop has not turned within ``start_timeout_s`` of its start, or not
+        for ``stall_timeout_s`` since its last turn (:func:`hang_of`); its exit is then handled as a
+        crash."""
+        s = self.settings
         now = self.clock()
-        due = [slot for slot in self.slots
-               if slot.proc is not None and slot.stalled_for is None and now - slot.started_at >= limit]
+        due = [slot for slot in self.slots if slot.proc is not None and slot.killed is None
+               and now - slot.started_at >= min(s.start_timeout_s, s.stall_timeout_s)]
         if not due:
             return
         try:
@@ -407,16 +444,11 @@ class Supervisor:
         except Exception as exc:  # next turn tries again
             log.debug("cannot read the workers' gauges: %s", exc)
             return
-        wall = self.wall()
         for slot in due:
-            report = reports.get(slot.pid or 0)
-            if slot.proc is None or report is None or report.last_turn <= 0:
-                continue
-            idle = wall - report.last_turn
-            if idle > limit:
-                log.error("worker %d (pid %d): its loop has not turned for %.0f s (stall_timeout_s %.0f); "
-                          "killing it", slot.index, slot.pid, idle, limit)
-                slot.stalled_for = idle
+            hang = hang_of(reports.get(slot.pid or 0), slot.started_at, now, s.start_timeout_s, s.stall_timeout_s)
+            if hang is not None and slot.proc is not None:
+                log.error("worker %d (pid %d): %s; killing it", slot.index, slot.pid, hang.reason)
+                slot.killed = hang
                 slot.proc.kill()
 
     def _publish(self) -> None:
