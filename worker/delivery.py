@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
 
-from sentistream.worker.contract import Reason, Rejection
+from sentistream.worker.contract import Reason, Rejection, encoded_size
+from sentistream.worker.faults import one_line as _one_line
 from sentistream.worker.health import PUBLISH_BLOCKED, Health
 
 if TYPE_CHECKING:
     from sentistream.worker.metrics import WorkerMetrics
     from sentistream.worker.pipeline import Handled, Outgoing, Pipeline
+    from sentistream.worker.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,10 @@ class Entry:
     futures: list = field(default_factory=list)
 
     @property
+    def size(self) -> int:
+        return sum(encoded_size(m.key, m.value, m.headers) for m in self.handled.messages)
+
+    @property
     def offset(self) -> int:
         return self.handled.record.offset
 
@@ -148,13 +154,10 @@ def bounded(call: Callable[..., Any], *args: Any, timeout_s: float = TRANSACTION
         raise outcome[0]
 
 
-def _commit_map(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+def commit_map(offsets: dict[TopicPartition, int],
+               notes: Callable[[TopicPartition], str] = lambda _tp: "") -> dict[TopicPartition, OffsetAndMetadata]:
+    """kafka-python's form of ``offsets``, each with its metadata (``notes``: worker/quarantine.py)."""
+    return {tp: OffsetAndMetadata(o, notes(tp), -1) for tp, o in offsets.items()}
 
 
 class _Delivery:
@@ -163,8 +166,9 @@ class _Delivery:
     transactional = False
 
     def __init__(self, consumer, producer, pipeline: Pipeline, metrics: WorkerMetrics, health: Health,
-                 retry_max_s: float, clock=time.monotonic) -> None:
+                 retry_max_s: float, clock=time.monotonic, notes: Quarantine | None = None) -> None:
         self.consumer = consumer
+        self.notes = notes
         self.producer = producer
         self.pipeline = pipeline
         self.metrics = metrics
@@ -173,6 +177,26 @@ class _Delivery:
         self.clock = clock
         self.committed: dict[TopicPartition, int] = {}
         self.blocked: dict[TopicPartition, Blocked] = {}
+
+    def _commit_map(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return commit_map(offsets, self.notes.metadata) if self.notes is not None else commit_map(offsets)
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commits of ``offsets`` were sent (at-least-once) or are done (exactly-once)."""
+        self.committed.update(offsets)
+        if self.notes is not None:
+            self.notes.sent(offsets)
+
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        """Partitions (re)assigned: none of them stays paused unless it is blocked now. (An eager
+        rebalance may hand a partition straight back, and kafka-python keeps its paused flag.)"""
+        for tp in tps - set(self.blocked):
+            with contextlib.suppress(Exception):  # not assigned after all: nothing to resume
+                self.consumer.resume(tp)
+        self._count_paused()
+
+    def _count_paused(self) -> None:
+        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, m: Outgoing):
@@ -211,7 +235,7 @@ class _Delivery:
             self.consumer.seek(tp, offset)
             self.consumer.pause(tp)
         self.metrics.publish_blocked.labels(topic).inc()
-        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
+        self._count_paused()
         self.health.set(PUBLISH_BLOCKED, f"cannot publish to {topic} ({_one_line(exc)})")
         if attempts == 1:
             log.error("cannot publish to %s for %s[%d]@%d: %s; partition paused, retrying with back-off",
@@ -224,7 +248,7 @@ class _Delivery:
                 b.paused = False
                 with contextlib.suppress(ValueError, AssertionError):
                     self.consumer.resume(tp)
-        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
+        self._count_paused()
 
     def _passed(self, advanced: dict[TopicPartition, int]) -> None:
         """Commits moved past a blocked record: its partition flows again."""
@@ -239,6 +263,7 @@ class _Delivery:
     def _forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self.blocked.pop(tp, None)
+        self._count_paused()
         if not self.blocked:
             self.health.clear(PUBLISH_BLOCKED)
 
@@ -249,9 +274,11 @@ class AtLeastOnce(_Delivery):
     the client and the broker a request each time), and at once on revoke and close. A lost or
     late commit only means re-reading acknowledged input."""
 
-    def __init__(self, *args: Any, max_in_flight: int, commit_interval: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_in_flight: int, max_in_flight_bytes: int = 1 << 62,
+                 commit_interval: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
         self.pending: dict[TopicPartition, deque[Entry]] = {}
         self.commit_interval = commit_interval
         self.uncommitted: dict[TopicPartition, int] = {}  # acknowledged, waiting for the next commit
@@ -260,8 +287,23 @@ class AtLeastOnce(_Delivery):
     def in_flight(self) -> int:
         return sum(len(q) for q in self.pending.values())
 
+    def unsettled(self) -> set[TopicPartition]:
+        """Partitions with sends not yet acknowledged and committed."""
+        return {tp for tp, q in self.pending.items() if q}
+
+    def in_flight_bytes(self) -> int:
+        return sum(e.size for q in self.pending.values() for e in q)
+
     def has_room(self) -> bool:
-        return self.in_flight() < self.max_in_flight
+        return self.in_flight() < self.max_in_flight and self.in_flight_bytes() < self.max_in_flight_bytes
+
+    def settle(self, tp: TopicPartition) -> set[TopicPartition]:
+        """Wait for ``tp``'s sends and commit them (a record tried alone is done before the next)."""
+        try:
+            self.producer.flush(timeout=30)
+        except kerr.KafkaError as exc:
+            log.warning("sends still in flight: %s", _one_line(exc))
+        return self.checkpoint(blocking=True, only={tp})
 
     def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
         for h in handled:
@@ -362,10 +404,10 @@ class AtLeastOnce(_Delivery):
         self._commit_due = self.clock() + self.commit_interval
         try:
             if blocking:
-                self.consumer.commit(_commit_map(offsets))
+                self.consumer.commit(self._commit_map(offsets))
             else:
-                self.consumer.commit_async(_commit_map(offsets))
-            self.committed.update(offsets)
+                self.consumer.commit_async(self._commit_map(offsets))
+            self._committed(offsets)
         except kerr.CommitFailedError as exc:  # rebalanced away: the new owner re-reads; duplicates only
             log.warning("commit failed (partitions moved): %s", exc)
 
@@ -399,7 +441,7 @@ class ExactlyOnce(_Delivery):
                 refused = next((f.exception for _, _, f in sent if isinstance(f, Failed)), None)
                 if refused is not None:  # not sent at all: committing would skip its record
                     raise kerr.KafkaError(f"a send was refused: {_one_line(refused)}")
-                bounded(self.producer.send_offsets_to_transaction, _commit_map(offsets), self._membership())
+                bounded(self.producer.send_offsets_to_transaction, self._commit_map(offsets), self._membership())
                 bounded(self.producer.commit_transaction)
             except kerr.KafkaError as exc:
                 self._abort(exc)
@@ -415,7 +457,7 @@ class ExactlyOnce(_Delivery):
                 if h.rejection is None:
                     for _ in h.messages:
                         self.metrics.end_to_end_seconds.observe(max(0.0, now - h.record.timestamp / 1000))
-            self.committed.update(offsets)
+            self._committed(offsets)
             self._passed(offsets)
             work = []
         if work:  # still failing: retry the whole lot after a back-off
@@ -427,6 +469,12 @@ class ExactlyOnce(_Delivery):
 
     def checkpoint(self, blocking: bool = False) -> set[TopicPartition]:
         self._resume_due()  # every piece of work is committed or rewound in deliver()
+        return set()
+
+    def settle(self, tp: TopicPartition) -> set[TopicPartition]:
+        return set()  # deliver() commits or rewinds before it returns
+
+    def unsettled(self) -> set[TopicPartition]:
         return set()
 
     def revoke(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
@@ -454,7 +502,7 @@ class ExactlyOnce(_Delivery):
         if isinstance(exc, FATAL_ERRORS):
             raise DeliveryFailed(f"the transactional producer cannot go on: {_one_line(exc)}") from exc
         try:
-            self.producer.abort_transaction()
+            bounded(self.producer.abort_transaction)
         except kerr.KafkaError as abort_exc:
             raise DeliveryFailed(f"transaction failed ({_one_line(exc)}) and could not be aborted: "
                                  f"{_one_line(abort_exc)}") from abort_exc

@@ -124,6 +124,15 @@ def topic_max_bytes(client: KafkaAdminClient, topics: list[str]) -> dict[str, in
     return limits
 
 
+def committed_with_metadata(consumer: KafkaConsumer, tps: set) -> dict[Any, tuple[int, str] | None]:
+    """Each partition's committed offset and its metadata string (None: nothing committed)."""
+    out: dict[Any, tuple[int, str] | None] = {}
+    for tp in tps:
+        got = consumer.committed(tp, metadata=True)
+        out[tp] = None if got is None else (got.offset, got.metadata or "")
+    return out
+
+
 def coordinator_unknown(consumer: KafkaConsumer) -> bool:
     """Whether the consumer has lost its group coordinator (the broker is unreachable or moving).
     kafka-python has no public call for this; it is read here, in the one module that knows the

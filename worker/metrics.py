@@ -69,6 +69,9 @@ class WorkerMetrics:
             "time.monotonic() of the run loop's last turn: one clock for all processes of a host (Linux), "
             "untouched by wall-clock steps; the supervisor's start-up and stall checks read it.",
             registry=r, multiprocess_mode="liveall")
+        self.tried_alone = Counter("sentistream_records_tried_alone_total", "Records processed one at a time "
+                                   "because their partition came from a worker that died (worker/quarantine.py)",
+                                   registry=r)
         self.publish_blocked = Counter("sentistream_publish_blocked_total",
                                        "Times a partition was paused and rewound because a result or dead "
                                        "letter could not be published (retried with back-off).", ["topic"],

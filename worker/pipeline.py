@@ -76,6 +76,7 @@ class Decoded:
     sentences: list[Sentence]
     rejection: Rejection | None = None
     review: bool = False  # split into sentences: one review result follows its sentences' results
+    deferred: bool = False  # not decoded yet: its partition is careful (worker/quarantine.py)
 
     @property
     def weight(self) -> int:

@@ -108,9 +108,10 @@ class Settings(BaseSettings):
     publish_block_ms: int = Field(default=1_000, ge=10, le=120_000, description="how long a send may wait for "
                                   "a topic's metadata or for buffer space; then the partition that published "
                                   "there is paused and retried, and the others flow on")
-    max_record_attempts: int = Field(default=3, ge=1, le=100, description="a record that was being processed "
-                                     "when its worker died (crash, OOM kill, stall kill) this many times is "
-                                     "dead-lettered (crashed_worker) by whichever worker holds its partition next")
+    max_record_attempts: int = Field(default=3, ge=2, le=100, description="a record that was in work each time its "
+                                     "worker died (crash, OOM kill, stall kill) this many times (once in a batch, "
+                                     "then alone) is dead-lettered (crashed_worker) by whichever worker holds its "
+                                     "partition next")
 
     publish_retry_max_s: float = Field(default=30.0, gt=0, description="longest back-off before retrying a "
                                        "partition whose results or dead letters could not be published")
