@@ -67,6 +67,14 @@ def _table(title: str, rows: list[dict], labels: list[str]) -> Table:
 
 
 def run_demo(settings: Settings, console: Console) -> int:
+    with tempfile.TemporaryDirectory(prefix="sentistream-demo-") as bundles:
+        return _run_demo(settings, console, Path(bundles))
+
+
+def _run_demo(settings: Settings, console: Console, bundles: Path) -> int:
+    """The demo; ``bundles``: where its candidate bundle goes (a bundle root of its workers)."""
+    from sentistream.worker.bundle import default_bundle_path
+
     cluster = admin = None
     demo_topics: list[str] = []
     if not settings.bootstrap_servers and LocalCluster(settings.home).state() is None:
@@ -91,7 +99,8 @@ def run_demo(settings: Settings, console: Console) -> int:
         port = settings.metrics_port or free_port()
         url = f"http://127.0.0.1:{port}/metrics"
         cmd = worker_command(settings, bootstrap_servers=bootstrap, processes=2, split_sentences=True,
-                             metrics_port=port, log_level="ERROR")
+                             metrics_port=port, log_level="ERROR",
+                             bundle_roots=f"{default_bundle_path().parent}:{bundles}")
         console.print("Starting 2 worker processes (one consumer group)…")
         workers = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_ready(url, processes=2, proc=workers)
@@ -155,7 +164,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         if p50 is not None:
             console.print(f"  end-to-end latency under this burst (record timestamp → result acked): "
                           f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (from the histogram)")
-        code = _swap(settings, url, producer, consumer, sentences, run, console)
+        code = _swap(settings, url, producer, consumer, sentences, run, console, bundles / "sst5-minilm-8tok")
         producer.close()
         consumer.close()
         return code
@@ -198,36 +207,36 @@ def _wait_for(url: str, done, timeout: float = 90) -> bool:
     return True
 
 
-def _swap(settings: Settings, url: str, producer, consumer, sentences: list[str], run: str, console: Console) -> int:
+def _swap(settings: Settings, url: str, producer, consumer, sentences: list[str], run: str, console: Console,
+          out: Path) -> int:
     """Shadow a candidate through the control topic, show its agreement, promote it, and show
     results of the new version."""
     from sentistream.cli.model import write
     from sentistream.cli.top import shadow_summary
 
     console.print("Live model swap (no restart): a candidate beside the serving model, then promoted…")
-    with tempfile.TemporaryDirectory() as tmp:
-        candidate = _candidate(Path(tmp) / "sst5-minilm-8tok")
-        console.print("  " + write(settings, "shadow", candidate))
-        if not _wait_for(url, lambda s: s.total("sentistream_shadow_info") >= 1):  # livemax over processes
-            console.print("[red]the workers did not start the shadow[/red]")
-            return 1
-        for i in range(SHADOWED):
-            producer.send(settings.input_topic, key=str(i % 16).encode(),
-                          value=json.dumps({"id": f"shadowed-{run}-{i}", "text": sentences[i % len(sentences)]}).encode())
-        producer.flush()
-        _wait_for(url, lambda s: s.total("sentistream_shadow_predictions_total") >= SHADOWED)
-        console.print(f"  shadow agreement with the serving model: [bold]{shadow_summary(scrape(url))}[/bold]")
-        console.print("  " + write(settings, "promote", candidate))
-        if not _wait_for(url, lambda s: s.total("sentistream_model_swaps_total", command="promote") >= 2):
-            console.print("[red]the workers did not promote the candidate[/red]")
-            return 1
-        ids = [f"after-{run}-{i}" for i in range(len(sentences))]
-        for sid, text in zip(ids, sentences, strict=True):
-            producer.send(settings.input_topic, key=b"after", value=json.dumps({"id": sid, "text": text}).encode())
-        producer.flush()
-        got = _collect(consumer, {f"{i}#0" for i in ids})
-        rows = [got[f"{i}#0"] for i in ids if f"{i}#0" in got]
-        versions = sorted({r["model"]["version"] for r in rows})
-        console.print(_table(f"The same sentences after the swap: model version {', '.join(versions)}", rows,
-                             list(rows[0]["scores"]) if rows else []))
-        return 0 if len(rows) == len(ids) and versions == ["1.0.0-8tok"] else 1
+    candidate = _candidate(out)
+    console.print("  " + write(settings, "shadow", candidate))
+    if not _wait_for(url, lambda s: s.total("sentistream_shadow_info") >= 1):  # livemax over processes
+        console.print("[red]the workers did not start the shadow[/red]")
+        return 1
+    for i in range(SHADOWED):
+        producer.send(settings.input_topic, key=str(i % 16).encode(),
+                      value=json.dumps({"id": f"shadowed-{run}-{i}", "text": sentences[i % len(sentences)]}).encode())
+    producer.flush()
+    _wait_for(url, lambda s: s.total("sentistream_shadow_predictions_total") >= SHADOWED)
+    console.print(f"  shadow agreement with the serving model: [bold]{shadow_summary(scrape(url))}[/bold]")
+    console.print("  " + write(settings, "promote", candidate))
+    if not _wait_for(url, lambda s: s.total("sentistream_model_swaps_total", command="promote") >= 2):
+        console.print("[red]the workers did not promote the candidate[/red]")
+        return 1
+    ids = [f"after-{run}-{i}" for i in range(len(sentences))]
+    for sid, text in zip(ids, sentences, strict=True):
+        producer.send(settings.input_topic, key=b"after", value=json.dumps({"id": sid, "text": text}).encode())
+    producer.flush()
+    got = _collect(consumer, {f"{i}#0" for i in ids})
+    rows = [got[f"{i}#0"] for i in ids if f"{i}#0" in got]
+    versions = sorted({r["model"]["version"] for r in rows})
+    console.print(_table(f"The same sentences after the swap: model version {', '.join(versions)}", rows,
+                         list(rows[0]["scores"]) if rows else []))
+    return 0 if len(rows) == len(ids) and versions == ["1.0.0-8tok"] else 1

@@ -3,27 +3,33 @@ every worker of a group follows (worker/control.py), so all replicas move togeth
 
 A command is checked here before it is written (the bundle exists, its manifest's sha256 matches
 ``--sha256`` when given, its labels are the serving bundle's unless ``--allow-label-change``) and
-again by every worker before anything loads; a refusal is one line and writes nothing.
+again by every worker before anything loads; a refusal is one line and writes nothing. Whether a
+worker accepts other labels is its own setting (``allow_label_change``): a command grants nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sentistream.cli.flags import with_settings_flags
 from sentistream.worker.errors import UserError
 
+if TYPE_CHECKING:
+    from sentistream.worker.control import State
+
 model_app = typer.Typer(no_args_is_help=True, help="Live model operations: shadow, promote, rollback, status.")
 
 SETTINGS = ("bootstrap_servers", "control_topic", "bundle")
 Sha256Opt = Annotated[str | None, typer.Option("--sha256", help="the manifest.json's sha256 you expect; "
                                                "refused if the bundle's differs")]
-AllowOpt = Annotated[bool, typer.Option("--allow-label-change", help="accept labels that differ from the "
-                                        "serving bundle's")]
+AllowOpt = Annotated[bool, typer.Option("--allow-label-change", help="write the command although its labels "
+                                        "differ from the serving bundle's; a worker carries it out only if it runs "
+                                        "with its own allow_label_change setting")]
 
 
 def _settings(flags: dict[str, Any]):
@@ -32,54 +38,73 @@ def _settings(flags: dict[str, Any]):
     return client_settings(**flags)
 
 
-def _state(settings) -> dict[str, Any]:
-    """The latest serving and shadow commands on the control topic (none: empty)."""
+def _state(settings) -> State:
+    """What the control topic tells the workers: the fold of its commands (worker/control.py).
+    Records that hold no command, and commands whose bundle's manifest does not have the sha256
+    they name here, are left out, as the workers refuse them."""
     from sentistream.worker import kafka_clients
-    from sentistream.worker.control import ControlReader, latest_state
+    from sentistream.worker.control import ControlReader, Refused, State, fold, read_command
 
     bootstrap = kafka_clients.resolve_bootstrap(settings)
     admin = kafka_clients.admin(settings, bootstrap)
     try:
         if settings.control_topic not in set(admin.list_topics()):
-            return {}
+            return State()
     finally:
         admin.close()
     consumer = kafka_clients.control_consumer(settings, bootstrap)
     try:
-        return {r.command.key: r for r in latest_state(ControlReader(consumer, settings.control_topic).backlog())}
+        backlog = ControlReader(consumer, settings.control_topic).backlog()
     finally:
         consumer.close()
+    commands = []
+    for record in backlog:
+        with contextlib.suppress(Refused):
+            commands.append(read_command(record))
+    return fold(c for c in commands if _checks_out(c.command))
 
 
-def _serving_labels(settings, state: dict[str, Any]) -> list[str]:
+def _checks_out(command) -> bool:
+    """Whether the command's bundle, as this host sees it, has the manifest the command names."""
+    from sentistream.worker.bundle import BundleError, read_manifest_bytes, sha256_bytes
+
+    try:
+        return sha256_bytes(read_manifest_bytes(command.path)) == command.sha256
+    except BundleError:
+        return False
+
+
+def _serving_labels(settings, state: State) -> list[str]:
     from sentistream.worker.bundle import Manifest, default_bundle_path
-    from sentistream.worker.control import bundle_path
 
-    serving = state.get("serving")
-    path = bundle_path(serving.command.bundle) if serving else Path(settings.bundle or default_bundle_path())
+    path = state.serving.command.path if state.serving else Path(settings.bundle or default_bundle_path())
     return list(Manifest.read(path).labels)
 
 
 def write(settings, command: str, bundle: Path, sha256: str | None = None, allow_label_change: bool = False,
-          state: dict[str, Any] | None = None) -> str:
+          state: State | None = None) -> str:
     """Check and write one command; return the line that says what was written. UserError (one
-    line, nothing written) for a bad command."""
+    line, nothing written) for a bad command. ``allow_label_change``: write it although its labels
+    differ (the workers decide by their own setting)."""
     from sentistream.worker import kafka_clients
-    from sentistream.worker.bundle import Manifest
-    from sentistream.worker.control import Command, manifest_digest
+    from sentistream.worker.bundle import Manifest, read_manifest_bytes, sha256_bytes
+    from sentistream.worker.control import Command
 
     bundle = bundle.absolute()
-    manifest = Manifest.read(bundle)  # BundleError: not a bundle
-    digest = manifest_digest(bundle)
+    raw = read_manifest_bytes(bundle)  # BundleError: not a bundle
+    manifest, digest = Manifest.parse(raw, bundle / "manifest.json"), sha256_bytes(raw)
     if sha256 is not None and sha256.lower() != digest:
         raise UserError(f"refused: {bundle}/manifest.json has sha256 {digest[:12]}…, --sha256 says {sha256[:12]}…; "
                         "nothing written")
     labels = _serving_labels(settings, _state(settings) if state is None else state)
-    if list(manifest.labels) != labels and not allow_label_change:
-        raise UserError(f"refused: {bundle} has labels {manifest.labels}, the serving bundle {labels} "
-                        "(--allow-label-change accepts it); nothing written")
-    cmd = Command(command=command, bundle=str(bundle), sha256=digest, allow_label_change=allow_label_change,
-                  issued_by=socket.gethostname())
+    note = ""
+    if list(manifest.labels) != labels:
+        if not allow_label_change:
+            raise UserError(f"refused: {bundle} has labels {manifest.labels}, the serving bundle {labels} "
+                            "(--allow-label-change writes it; workers accept it only with their own "
+                            "allow_label_change setting); nothing written")
+        note = "; its labels differ: workers carry it out only if they run with allow_label_change"
+    cmd = Command(command=command, bundle=str(bundle), sha256=digest, issued_by=socket.gethostname())
     bootstrap = kafka_clients.resolve_bootstrap(settings)
     admin = kafka_clients.admin(settings, bootstrap)
     try:
@@ -93,7 +118,7 @@ def write(settings, command: str, bundle: Path, sha256: str | None = None, allow
     finally:
         producer.close(10)
     return (f"{command} {manifest.name} {manifest.version} (manifest sha256 {digest[:12]}…) written to "
-            f"{meta.topic}[{meta.partition}]@{meta.offset}; workers switch between two batches")
+            f"{meta.topic}[{meta.partition}]@{meta.offset}; workers switch between two batches{note}")
 
 
 @model_app.command("shadow")
@@ -108,16 +133,14 @@ def shadow_cmd(directory: Annotated[Path, typer.Argument(help="candidate bundle 
 @with_settings_flags(SETTINGS)
 def promote_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle to serve; default: the shadow's")] = None,
                 sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
-    """Serve a bundle (by default the shadow) on every worker, from their next batch on."""
-    from sentistream.worker.control import bundle_path
-
+    """Serve a bundle (by default the shadow) on every worker, from their next batch on; the shadow ends."""
     settings = _settings(flags)
     state = None  # read once needed: a bad --sha256 is refused before any Kafka call
     if directory is None:
         state = _state(settings)
-        if "shadow" not in state:
+        if state.shadow is None:
             raise UserError("refused: no shadow to promote (name a bundle); nothing written")
-        directory = bundle_path(state["shadow"].command.bundle)
+        directory = state.shadow.command.path
     typer.echo(write(settings, "promote", directory, sha256, allow_label_change, state))
 
 
@@ -140,9 +163,9 @@ def status_cmd(**flags: Any) -> None:
     """What the control topic tells the workers to serve and to shadow."""
     settings = _settings(flags)
     state = _state(settings)
-    if not state:
-        typer.echo(f"{settings.control_topic}: no command yet (workers serve their --bundle)")
-    for key in ("serving", "shadow"):
-        if key in state:
-            c = state[key].command
-            typer.echo(f"{key:<8} {c.command:<8} {c.bundle} (manifest sha256 {c.sha256[:12]}…) at {state[key].where}")
+    if state.serving is None:
+        typer.echo(f"{settings.control_topic}: no serving command (workers serve their --bundle)")
+    for key, received in (("serving", state.serving), ("shadow", state.shadow)):
+        if received is not None:
+            c = received.command
+            typer.echo(f"{key:<8} {c.command:<8} {c.bundle} (manifest sha256 {c.sha256[:12]}…) at {received.where}")

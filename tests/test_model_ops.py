@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
-from sentistream.worker.control import Command, Received, latest_state, manifest_digest, read_command
+from sentistream.worker.control import Command, ControlRecord, Received, State, manifest_digest, read_command
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.model_ops import ModelOps
 from sentistream.worker.pipeline import Pipeline
@@ -29,12 +29,17 @@ def candidate(tmp_path_factory) -> Path:
     return candidate_bundle(tmp_path_factory.mktemp("candidate") / "short")
 
 
-@pytest.fixture
-def ops() -> tuple[ModelOps, CollectorRegistry]:
+def make_ops(roots: list[Path], **settings) -> tuple[ModelOps, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    pipeline = Pipeline(Settings(batch_size=4), Bundle(default_bundle_path()), metrics)
-    return ModelOps(pipeline.settings, pipeline, metrics), registry
+    s = Settings(batch_size=4, bundle_roots=":".join(str(r) for r in roots), **settings)
+    pipeline = Pipeline(s, Bundle(default_bundle_path()), metrics)
+    return ModelOps(s, pipeline, metrics), registry
+
+
+@pytest.fixture
+def ops(candidate, tmp_path) -> tuple[ModelOps, CollectorRegistry]:
+    return make_ops([default_bundle_path().parent, candidate.parent, tmp_path])
 
 
 def handle(ops: ModelOps, texts: list[str], first: int = 0) -> list[dict]:
@@ -44,12 +49,25 @@ def handle(ops: ModelOps, texts: list[str], first: int = 0) -> list[dict]:
     return [{**json.loads(m.value), "headers": dict(m.headers)} for h in handled for m in h.messages]
 
 
-def command(name: str, path: Path, **extra) -> Received:
-    return Received("ctl[0]@7", Command(command=name, bundle=str(path), sha256=manifest_digest(path), **extra))
+def record(name: str, path: Path | str, offset: int = 7, sha256: str | None = None, **extra) -> ControlRecord:
+    """The control record ``sentistream model`` would write (``extra``: more JSON fields)."""
+    cmd = Command(command=name, bundle=str(path), sha256=sha256 or manifest_digest(Path(path)))
+    key, value = cmd.encode()
+    fields = {**json.loads(value), **({"sha256": sha256} if sha256 else {}), **extra}  # the hash as given
+    return ControlRecord(f"ctl[0]@{offset}", key, json.dumps(fields).encode())
+
+
+def command(name: str, path: Path, offset: int = 7) -> Received:
+    return read_command(record(name, path, offset))
 
 
 def value(registry: CollectorRegistry, metric: str, /, **labels: str) -> float:
     return registry.get_sample_value(metric, labels) or 0.0
+
+
+def refused(registry: CollectorRegistry) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for m in registry.collect() for s in m.samples
+            if s.name == "sentistream_control_refused_total" and s.value}
 
 
 def test_the_shadow_sees_every_sentence_and_its_agreement_matches_an_offline_comparison(ops, candidate) -> None:
@@ -100,9 +118,9 @@ def test_a_shadow_that_cannot_load_is_dropped_with_a_metric(ops, tmp_path) -> No
 
 def test_shadow_then_promote_switches_between_batches_and_results_say_which_version(ops, candidate) -> None:
     ops_, registry = ops
-    ops_.apply(command("shadow", candidate))
+    assert ops_.handle(record("shadow", candidate))
     before = handle(ops_, TEXTS)
-    ops_.apply(command("promote", candidate))
+    assert ops_.handle(record("promote", candidate))
     after = handle(ops_, TEXTS, first=5)
     assert {r["model"]["version"] for r in before} == {SERVING}
     assert {r["model"]["version"] for r in after} == {SHORT}
@@ -112,24 +130,26 @@ def test_shadow_then_promote_switches_between_batches_and_results_say_which_vers
     sha = Bundle(default_bundle_path()).manifest.files["model.onnx"]
     assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SERVING, sha256=sha) == 0
     assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SHORT, sha256=sha) == 1
-    ops_.apply(command("rollback", default_bundle_path()))
+    assert ops_.handle(record("rollback", default_bundle_path()))
     assert {r["model"]["version"] for r in handle(ops_, TEXTS, first=10)} == {SERVING}
 
 
 def test_bad_commands_are_refused_and_change_nothing(ops, candidate, tmp_path, caplog) -> None:
     ops_, registry = ops
     other_labels = candidate_bundle(tmp_path / "labels", version="2.0.0", labels=["a", "b", "c", "d", "e"])
-    bad_hash = Received("ctl[0]@8", Command(command="promote", bundle=str(candidate), sha256="0" * 64))
-    for received in (bad_hash, command("promote", other_labels),
-                     Received("ctl[0]@9", Command(command="shadow", bundle=str(tmp_path / "nowhere"), sha256="ab")),
-                     Received("ctl[0]@10", read_command(b'{"command": "explode"}'))):
-        ops_.apply(received)
-    assert ops_.pipeline.model.version == SERVING and ops_.shadow is None
-    for reason in ("hash_mismatch", "label_change", "unknown_bundle", "invalid_command"):
-        assert value(registry, "sentistream_control_refused_total", reason=reason) == 1, reason
+    for bad in (record("promote", candidate, offset=8, sha256="0" * 64), record("promote", other_labels),
+                record("shadow", tmp_path / "nowhere", sha256="ab" * 32),
+                ControlRecord("ctl[0]@10", b"serving", b'{"command": "explode"}')):
+        assert not ops_.handle(bad)
+    assert ops_.pipeline.model.version == SERVING and ops_.shadow is None and ops_.state == State()
+    assert refused(registry) == {"hash_mismatch": 1, "label_change": 1, "unknown_bundle": 1, "invalid_command": 1}
     assert "ctl[0]@8" in caplog.text and "hash_mismatch" in caplog.text
-    ops_.apply(command("promote", other_labels, allow_label_change=True))
-    assert ops_.pipeline.model.version == "2.0.0"
+    # a command grants nothing: the field earlier versions wrote is read and ignored
+    assert not ops_.handle(record("promote", other_labels, allow_label_change=True))
+    assert ops_.pipeline.model.version == SERVING and refused(registry)["label_change"] == 2
+    allowing, _ = make_ops([tmp_path], allow_label_change=True)  # the worker's own setting does
+    assert allowing.handle(record("promote", other_labels))
+    assert allowing.pipeline.model.version == "2.0.0"
 
 
 def test_swap_when_promotes_the_shadow_once_it_has_agreed_often_enough(candidate) -> None:
@@ -150,18 +170,12 @@ def test_swap_when_promotes_the_shadow_once_it_has_agreed_often_enough(candidate
     assert pipeline.model.version == SHORT and ops_.shadow is None
 
 
-def test_the_latest_state_is_the_last_serving_and_shadow_commands(candidate) -> None:
-    a, b = command("shadow", candidate), command("promote", candidate)
-    c = command("shadow", default_bundle_path())
-    assert latest_state([a, b, Received("x", read_command(b"{}")), c]) == [b, c]
-
-
-def test_a_starting_worker_replays_the_latest_command_that_can_be_carried_out(ops, candidate) -> None:
+def test_a_starting_worker_replays_the_commands_that_can_be_carried_out(ops, candidate) -> None:
     ops_, registry = ops
-    forged = Received("ctl[0]@3", Command(command="promote", bundle=str(candidate), sha256="0" * 64))
-    ops_.replay([command("shadow", candidate), command("promote", candidate), forged])
+    forged = record("promote", candidate, offset=3, sha256="0" * 64)
+    ops_.replay([record("shadow", candidate, 1), record("promote", candidate, 2), forged])
     assert ops_.pipeline.model.version == SHORT and ops_.shadow is None  # promoted: no shadow of itself
-    assert value(registry, "sentistream_control_refused_total", reason="hash_mismatch") == 1
+    assert refused(registry) == {"hash_mismatch": 1}
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -82,7 +82,7 @@ def test_shadow_then_promote_through_the_control_topic_under_load(kafka: KafkaCl
         for mode in MODES:
             tag = f"{'alo' if mode == 'at-least-once' else 'eos'}-{unique}"
             s = topics(partitions=4, group_id=f"g-{tag}", input_topic=f"in-{tag}", output_topic=f"out-{tag}",
-                       dlq_topic=f"dlq-{tag}", control_topic=f"ctl-{tag}")
+                       dlq_topic=f"dlq-{tag}", control_topic=f"ctl-{tag}", bundle_roots=str(tmp_path))
             batch.append(Stream(kafka, s, mode, Keeper(tmp_path), f"tx-{tag}"))
         for st in batch:
             st.worker("w")

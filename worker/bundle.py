@@ -4,6 +4,12 @@ A bundle is a directory with ``model.onnx``, ``tokenizer.json`` and ``manifest.j
 manifest names the labels (in order), the max length and the model's input names, and holds the
 sha256 of every file; a bundle whose hashes or inputs do not match is refused. :class:`Manifest`
 reads and writes it; :func:`staged_bundle` writes a bundle so that it appears whole or not at all.
+
+What is loaded is exactly what was hashed: :class:`Bundle` reads each file once into memory,
+checks its sha256 and builds the tokenizer and the onnxruntime session from those bytes; the
+manifest is parsed from the bytes whose hash it checked. Only the files the manifest lists are
+read, by plain names inside the bundle directory, and only regular files (a device or a FIFO is
+refused without being read).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -29,10 +36,17 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 DEFAULT_BUNDLE_NAME = "sst5-minilm"
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LOADED_FILES = ("model.onnx", "tokenizer.json")  # what the loader builds from; other listed files are only checked
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 2 << 30  # protobuf's limit: no ONNX model in one file is larger
 
 
 class BundleError(RuntimeError):
     """The bundle cannot be served; the message is one line saying why."""
+
+
+class DigestMismatch(BundleError):
+    """A bundle file whose sha256 is not the one expected."""
 
 
 def default_bundle_path() -> Path:
@@ -45,6 +59,45 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def same_digest(a: str, b: str) -> bool:
+    """Hex digests compared as numbers: ``ABC…`` and ``abc…`` are the same hash."""
+    return a.lower() == b.lower()
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """``path``'s whole content, read once, when it is a regular file of at most ``limit`` bytes.
+    Anything else (a directory, a device such as /dev/zero, a FIFO, a socket) is refused
+    without reading it; a FIFO is opened without waiting for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BundleError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise BundleError(f"{path} is larger than {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BundleError(f"{path} grew past {limit} bytes while it was read")
+    return data
+
+
+def check_file_name(name: str) -> str:
+    """A manifest's file name: a plain name of a file directly inside the bundle directory."""
+    if name in ("", ".", "..", MANIFEST) or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{name[:100]!r} is not the plain name of a file inside the bundle")
+    return name
 
 
 class Manifest(BaseModel):
@@ -75,6 +128,13 @@ class Manifest(BaseModel):
     figures: dict[str, Any] | None = None  # evaluation figures
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("files")
+    @classmethod
+    def _names_stay_inside(cls, files: dict[str, str]) -> dict[str, str]:
+        for name in files:
+            check_file_name(name)
+        return files
+
     @model_validator(mode="after")
     def _extra_keys_are_not_fields(self) -> Manifest:
         clash = sorted(set(self.extra) & set(type(self).model_fields))
@@ -95,22 +155,19 @@ class Manifest(BaseModel):
 
     @classmethod
     def read(cls, bundle_dir: Path) -> Manifest:
-        bundle_dir = Path(bundle_dir)
-        path = bundle_dir / MANIFEST
-        if not bundle_dir.is_dir():
-            raise BundleError(f"bundle directory {bundle_dir} does not exist")
-        if not path.exists():
-            raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
+        return cls.parse(read_manifest_bytes(Path(bundle_dir)), Path(bundle_dir) / MANIFEST)
+
+    @classmethod
+    def parse(cls, raw: bytes, path: Path) -> Manifest:
+        """The manifest in ``raw`` (the bytes of ``path``, named in errors)."""
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
+            return cls.from_json(json.loads(raw))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "manifest"
             raise BundleError(f"{path} is not a valid manifest: {where}: {first['msg']}") from exc
-        except ValueError as exc:
-            raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BundleError(f"{path} is not a valid manifest: {str(exc).splitlines()[0][:200]}") from exc
 
     def write(self, bundle_dir: Path) -> Path:
         """Write ``manifest.json`` into ``bundle_dir`` (replacing it in one rename)."""
@@ -129,6 +186,15 @@ class Manifest(BaseModel):
         files = {f.name: sha256_file(f) for f in sorted(Path(bundle_dir).iterdir())
                  if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")}
         return self.model_copy(update={"files": files})
+
+
+def read_manifest_bytes(bundle_dir: Path) -> bytes:
+    path = bundle_dir / MANIFEST
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle directory {bundle_dir} does not exist")
+    if not path.exists():
+        raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
+    return read_regular(path, MAX_MANIFEST_BYTES)
 
 
 def check_replaceable(out: Path) -> None:
@@ -201,6 +267,15 @@ def session_options(threads: int, session_config: dict | None = None):
     return options
 
 
+def _tokenizer(data: bytes, bundle_dir: Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_buffer(data)
+    except Exception as exc:  # tokenizers raises plain Exceptions
+        raise BundleError(f"{bundle_dir / 'tokenizer.json'} cannot be loaded: {str(exc)[:200]}") from exc
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -208,64 +283,81 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Bundle:
-    """A verified, loaded bundle: ``logits(texts)`` and ``classify(texts)``."""
+    """A verified, loaded bundle: ``logits(texts)`` and ``classify(texts)``.
+
+    ``manifest_sha256``: the sha256 the manifest must have (a control command's), checked on the
+    very bytes the manifest is parsed from; :attr:`manifest_sha256` is then the loaded manifest's."""
 
     def __init__(self, path: Path, threads: int = 1, max_tokens: int | None = None,
-                 verify: bool = True, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
+                 verify: bool = True, providers: list[str] | None = None,
+                 manifest_sha256: str | None = None) -> None:
         self.path = Path(path)
-        self.manifest = Manifest.read(self.path)
-        m = self.manifest
-        for required in ("model.onnx", "tokenizer.json"):
+        raw = read_manifest_bytes(self.path)
+        self.manifest_sha256 = sha256_bytes(raw)
+        if manifest_sha256 is not None and not same_digest(self.manifest_sha256, manifest_sha256):
+            raise DigestMismatch(f"{self.path / MANIFEST} has sha256 {self.manifest_sha256[:12]}…, "
+                                 f"expected {manifest_sha256.lower()[:12]}…")
+        self.manifest = m = Manifest.parse(raw, self.path / MANIFEST)
+        for required in LOADED_FILES:
             if required not in m.files:
                 raise BundleError(f"manifest of {self.path} lists no hash for {required}")
-        if verify:
-            for name, expected in m.files.items():
-                file = self.path / name
-                if not file.exists():
-                    raise BundleError(f"bundle file {file} is missing")
-                actual = sha256_file(file)
-                if actual != expected:
-                    raise BundleError(f"{file} does not match its manifest hash "
-                                      f"(sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
         unknown = set(m.inputs) - set(KNOWN_INPUTS)
         if unknown:
             raise BundleError(f"manifest input(s) {sorted(unknown)} are not supported")
-
+        blobs = self._read_files(verify)
         self.max_length = min(m.max_length, max_tokens) if max_tokens else m.max_length
-        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self.tokenizer = _tokenizer(blobs["tokenizer.json"], self.path)
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.tokenizer.no_padding()
-        self._counter = Tokenizer.from_str(self.tokenizer.to_str())  # untruncated: a long text's true length
+        self._counter = _tokenizer(blobs["tokenizer.json"], self.path)  # untruncated: a long text's true length
         self._counter.no_truncation()
         pad_id = self.tokenizer.token_to_id("[PAD]")
         if pad_id is None:
             pad_id = self.tokenizer.token_to_id("<pad>")
         self.pad_id = pad_id or 0
+        self.session = self._session(blobs.pop("model.onnx"), threads, providers)
+        self.labels = list(m.labels)
 
+    def _read_files(self, verify: bool) -> dict[str, bytes]:
+        """The bytes of the files the loader builds from, each read once; with ``verify``, every
+        file the manifest lists is read and checked against its hash."""
+        names = self.manifest.files if verify else LOADED_FILES
+        blobs = {}
+        for name in names:
+            file = self.path / name
+            if not file.exists():
+                raise BundleError(f"bundle file {file} is missing")
+            data = read_regular(file, MAX_FILE_BYTES)
+            expected = self.manifest.files[name]
+            if verify and not same_digest(actual := sha256_bytes(data), expected):
+                raise DigestMismatch(f"{file} does not match its manifest hash "
+                                     f"(sha256 {actual[:12]}…, manifest says {expected[:12]}…)")
+            if name in LOADED_FILES:
+                blobs[name] = data
+        return blobs
+
+    def _session(self, model: bytes, threads: int, providers: list[str] | None):
+        import onnxruntime as ort
+
+        m = self.manifest
         options = session_options(threads, m.session_config)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path / "model.onnx"), options,
-                providers=providers or ["CPUExecutionProvider"],
-            )
+            session = ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"onnxruntime cannot load {self.path / 'model.onnx'}: "
-                              f"{str(exc).splitlines()[0]}") from exc
-        session_inputs = sorted(i.name for i in self.session.get_inputs())
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        session_inputs = sorted(i.name for i in session.get_inputs())
         if session_inputs != sorted(m.inputs):
             raise BundleError(f"model.onnx takes inputs {session_inputs} but the manifest "
                               f"says {sorted(m.inputs)}")
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = [o.name for o in session.get_outputs()]
         if m.output not in outputs:
             raise BundleError(f"model.onnx has no output {m.output!r} (it has {outputs})")
-        width = self.session.get_outputs()[outputs.index(m.output)].shape[-1]
+        width = session.get_outputs()[outputs.index(m.output)].shape[-1]
         if isinstance(width, int) and width != len(m.labels):
             raise BundleError(f"model.onnx gives {width} scores but the manifest names "
                               f"{len(m.labels)} labels")
-        self.labels = list(m.labels)
+        return session
 
     # -- tokenization --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Encoding]:

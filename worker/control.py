@@ -1,55 +1,62 @@
-"""The control topic (``sentences.control``, compacted): model commands that every worker of a
-group reads, so that all replicas (processes and hosts) move together.
+"""The control topic (``sentences.control``, compacted, one partition): model commands that every
+worker of a group reads, so that all replicas (processes and hosts) move together.
 
-A command is a JSON record ``{"command": "shadow"|"promote"|"rollback", "bundle": PATH or
-file:// URI, "sha256": sha256 of the bundle's manifest.json, ...}``. Its key says what it sets:
-``shadow`` (the candidate) or ``serving`` (promote and rollback), so compaction keeps the latest
-of each and a worker that starts later replays the state it must reach. The manifest holds the
-sha256 of every other file, so its own hash pins the whole bundle: it is checked here before
-anything is loaded, and the files against the manifest when the bundle loads.
+Hostile input. Only operators should be able to write the topic (the ACL recipe:
+docs/operations.md), and a worker still treats each record as untrusted bytes: whatever a record
+holds, or whatever reading, checking or carrying it out raises, it is refused with one log line
+and ``sentistream_control_refused_total{reason}`` (worker/model_ops.py holds that boundary), and
+the worker reads on. A record kafka-python cannot parse (``CorruptRecordError`` inside ``poll``)
+is skipped by :class:`ControlReader` and handed on as an unreadable :class:`ControlRecord`, so it is
+refused like the others.
 
-No Kafka client is made here (worker/kafka_clients.py makes them); :class:`ControlReader` reads
-an assigned, group-less consumer from the beginning of the topic.
+Commands. A record's value is a JSON object ``{"command": "shadow"|"promote"|"rollback",
+"bundle": an absolute path or a file:// URI, "sha256": the sha256 of the bundle's manifest.json,
+"issued_at": …, "issued_by": …}`` and nothing else (``allow_label_change``, written by earlier
+versions, is read and ignored: a label change is allowed by the worker's own setting only). Its
+key names the slot the command sets: ``shadow`` or ``serving`` (promote, rollback); a record whose
+key is not its command's is refused, since compaction keeps the latest record of each key.
+
+State. What the workers serve and shadow is a pure fold over the log, :func:`fold`:
+
+- ``shadow X``: X runs beside the serving bundle (replacing any shadow);
+- ``promote X`` and ``rollback X``: X serves, and the shadow ends (to compare a candidate with the
+  new serving bundle, shadow it again).
+
+So the state is the latest serving command, plus the latest shadow command when it comes after
+it. Compaction keeps the latest record of each key and the log's order, which is all the fold
+reads: a worker that starts later and finds only those two records reaches the state of the
+workers that read every record. Running workers and starting ones apply the same fold
+(worker/model_ops.py): a refused command is left out of it in both. A record that is refused
+still takes its key's place once compacted, which is why only operators may write the topic and
+why ``sentistream model`` checks a command before writing it.
+
+The manifest holds the sha256 of every other file, so its own hash pins the whole bundle: the
+worker checks it on the bytes it loads (worker/bundle.py). No Kafka client is made here
+(worker/kafka_clients.py makes them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from kafka import TopicPartition
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from kafka.errors import CorruptRecordError, KafkaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sentistream.worker.bundle import MANIFEST, sha256_file
+from sentistream.worker.faults import one_line
 
 log = logging.getLogger(__name__)
 
 CommandName = Literal["shadow", "promote", "rollback"]
 KEYS: dict[str, str] = {"shadow": "shadow", "promote": "serving", "rollback": "serving"}
-
-
-class Command(BaseModel):
-    """One model command on the control topic."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    command: CommandName
-    bundle: str = Field(description="the bundle directory as every worker host sees it: a path or a file:// URI")
-    sha256: str = Field(description="sha256 of the bundle's manifest.json (which holds every file's hash)")
-    allow_label_change: bool = False
-    issued_at: float = Field(default_factory=time.time)
-    issued_by: str = ""
-
-    @property
-    def key(self) -> str:
-        return KEYS[self.command]
-
-    def encode(self) -> tuple[bytes, bytes]:
-        return self.key.encode(), self.model_dump_json().encode()
+MAX_VALUE_BYTES = 64 * 1024  # a command is a few hundred bytes; larger values are not parsed
 
 
 class Refused(Exception):
@@ -61,11 +68,97 @@ class Refused(Exception):
 
 
 def bundle_path(location: str) -> Path:
-    """A command's bundle location as a local path: a plain path or a ``file://`` URI."""
-    parsed = urlparse(location)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path) if parsed.scheme else location)
-    raise Refused("unknown_bundle", f"bundle {location}: only paths and file:// URIs are supported")
+    """A command's bundle location as a local path: an absolute path or a ``file://`` URI.
+    ValueError for anything else (a relative path means another folder on every host)."""
+    parsed = urlparse(location)  # ValueError for e.g. "file://[::1/x"
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI of another host ({parsed.netloc[:100]})")
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme == "":
+        path = Path(location)
+    else:
+        raise ValueError(f"only paths and file:// URIs are supported, not {parsed.scheme[:20]}://")
+    if not path.is_absolute() or "\0" in str(path):
+        raise ValueError(f"not an absolute path: {location[:200]!r}")
+    return path
+
+
+class Command(BaseModel):
+    """One model command on the control topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: CommandName
+    bundle: str = Field(min_length=1, max_length=4096, description="the bundle directory as every worker host "
+                        "sees it: an absolute path or a file:// URI")
+    sha256: str = Field(pattern=r"^[0-9A-Fa-f]{64}$", description="sha256 of the bundle's manifest.json (which "
+                        "holds every file's hash); read in lower case")
+    allow_label_change: bool = Field(default=False, description="ignored: records of earlier versions carry it; "
+                                     "the worker's own allow_label_change setting decides")
+    issued_at: float = Field(default_factory=time.time, allow_inf_nan=False)
+    issued_by: str = Field(default="", max_length=255)
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower_case(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("bundle")
+    @classmethod
+    def _a_local_path(cls, value: str) -> str:
+        bundle_path(value)
+        return value
+
+    @property
+    def key(self) -> str:
+        return KEYS[self.command]
+
+    @property
+    def path(self) -> Path:
+        return bundle_path(self.bundle)
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return self.key.encode(), self.model_dump_json(exclude={"allow_label_change"}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRecord:
+    """A control record as read: where it was, its key and value; ``unreadable``: why the Kafka
+    client could not parse it (then key and value are unknown)."""
+
+    where: str  # topic[partition]@offset, for the logs
+    key: bytes | None
+    value: bytes | None
+    unreadable: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A command and the record it came in (or the setting it stands for, e.g. ``--shadow-bundle``)."""
+
+    where: str
+    command: Command
+
+
+def read_command(record: ControlRecord) -> Received:
+    """The record's command; Refused when it holds none."""
+    if record.unreadable is not None:
+        raise Refused("unreadable_record", f"the Kafka client cannot parse it ({record.unreadable}); skipped")
+    if record.value is None:
+        raise Refused("tombstone", "a tombstone (no value) is not a command")
+    if len(record.value) > MAX_VALUE_BYTES:
+        raise Refused("too_large", f"{len(record.value)} bytes, more than a command's {MAX_VALUE_BYTES}")
+    try:
+        command = Command.model_validate_json(record.value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "command"
+        raise Refused("invalid_command", f"not a model command: {where}: {first['msg']}"[:300]) from None
+    if record.key != command.key.encode():
+        raise Refused("wrong_key", f"a {command.command} command must have key {command.key!r}, not "
+                      f"{(record.key or b'')[:40]!r}")
+    return Received(record.where, command)
 
 
 def manifest_digest(path: Path) -> str:
@@ -73,74 +166,103 @@ def manifest_digest(path: Path) -> str:
     return sha256_file(Path(path) / MANIFEST)
 
 
-def verified(command: Command) -> Path:
-    """The command's bundle directory once its manifest's hash matches; Refused otherwise."""
-    path = bundle_path(command.bundle)
-    if not (path / MANIFEST).is_file():
-        raise Refused("unknown_bundle", f"bundle {command.bundle}: no such bundle ({MANIFEST} not found)")
-    actual = manifest_digest(path)
-    if actual != command.sha256.lower():
-        raise Refused("hash_mismatch", f"bundle {command.bundle}: {MANIFEST} has sha256 {actual[:12]}…, "
-                      f"the command says {command.sha256[:12]}…")
-    return path
-
-
-def read_command(value: bytes | None) -> Command | Refused | None:
-    """A record's command, why it is not one, or None for a tombstone."""
-    if value is None:
-        return None
+def locate(command: Command, roots: list[Path]) -> Path:
+    """The command's bundle directory with symlinks and ``..`` resolved, when it lies under one of
+    ``roots`` (resolved already); Refused otherwise."""
     try:
-        return Command.model_validate_json(value)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "command"
-        return Refused("invalid_command", f"not a model command: {where}: {first['msg']}"[:300])
+        resolved = command.path.resolve(strict=True)
+    except FileNotFoundError:
+        raise Refused("unknown_bundle", f"bundle {command.bundle[:300]}: no such directory") from None
+    except (OSError, RuntimeError) as exc:  # a name too long, no permission, a symlink loop
+        raise Refused("unknown_bundle", f"bundle {command.bundle[:300]}: {one_line(exc)}") from None
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise Refused("outside_roots", f"bundle {command.bundle[:300]} ({resolved}) is under none of the "
+                      f"bundle roots {':'.join(map(str, roots))}")
+    if not resolved.is_dir():
+        raise Refused("unknown_bundle", f"bundle {command.bundle[:300]}: not a directory")
+    return resolved
 
 
+# -- the state: a fold over the log --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Received:
-    """A control record as read: where it was and what it said."""
+class State:
+    """What the control log says: the bundle to serve (None: each worker's own ``--bundle``) and
+    the one to shadow (None: none)."""
 
-    where: str  # topic[partition]@offset, for the logs
-    command: Command | Refused
+    serving: Received | None = None
+    shadow: Received | None = None
+
+    def then(self, received: Received) -> State:
+        """The state after one more command."""
+        if received.command.command == "shadow":
+            return State(self.serving, received)
+        return State(received, None)
 
 
+def fold(commands: Iterable[Received], start: State | None = None) -> State:
+    """The state ``commands`` lead to, in their order, from ``start`` (default: nothing set)."""
+    state = start or State()
+    for received in commands:
+        state = state.then(received)
+    return state
+
+
+# -- reading ---------------------------------------------------------------------------------------
 class ControlReader:
     """Reads every partition of the control topic from the beginning, with no group (each worker
-    sees every command). ``consumer``: a kafka-python consumer made without a group."""
+    sees every command). ``consumer``: a kafka-python consumer made without a group; ``probe``: makes
+    a fresh one, to find which partition holds an unreadable record when there are several."""
 
-    def __init__(self, consumer: Any, topic: str) -> None:
+    def __init__(self, consumer: Any, topic: str, probe: Callable[[], Any] | None = None) -> None:
         self.consumer = consumer
         self.topic = topic
+        self.probe = probe
         partitions = consumer.partitions_for_topic(topic) or {0}
         self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(self.partitions)
         consumer.seek_to_beginning(*self.partitions)
 
-    def backlog(self, timeout_s: float = 10.0) -> list[Received]:
+    def backlog(self, timeout_s: float = 10.0) -> list[ControlRecord]:
         """Everything on the topic now (what a starting worker replays)."""
         ends = self.consumer.end_offsets(self.partitions)
-        got: list[Received] = []
+        got: list[ControlRecord] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(self.consumer.position(tp) < end for tp, end in ends.items()):
             got += self.poll(timeout_ms=200)
         return got
 
-    def poll(self, timeout_ms: int = 0) -> list[Received]:
-        out: list[Received] = []
-        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
-            for r in records:
-                command = read_command(r.value)
-                if command is not None:
-                    out.append(Received(f"{r.topic}[{r.partition}]@{r.offset}", command))
-        return out
+    def poll(self, timeout_ms: int = 0) -> list[ControlRecord]:
+        """The records that arrived, in order. An error that is not about a record (the broker,
+        an ACL) is raised: the caller tries again later."""
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except CorruptRecordError as exc:
+            return [self._skip_unreadable(exc)]
+        except KafkaError:
+            raise
+        except Exception as exc:  # not the broker's answer: kafka-python failed on a record's bytes
+            return [self._skip_unreadable(exc)]
+        return [ControlRecord(f"{r.topic}[{r.partition}]@{r.offset}", r.key, r.value)
+                for records in polled.values() for r in records]
 
+    def _skip_unreadable(self, exc: Exception) -> ControlRecord:
+        """kafka-python leaves its position on a record it cannot parse: move past it."""
+        tp, offset = self._unreadable_at(exc)
+        log.error("control record %s[%d]@%d cannot be parsed (%s): skipping it", tp.topic, tp.partition, offset,
+                  one_line(exc))
+        self.consumer.seek(tp, offset + 1)
+        return ControlRecord(f"{tp.topic}[{tp.partition}]@{offset}", None, None, unreadable=one_line(exc))
 
-def latest_state(received: list[Received]) -> list[Received]:
-    """Of a replayed backlog, what to apply: the latest serving command, then the latest shadow
-    command (refusals are left out: they changed nothing)."""
-    latest: dict[str, Received] = {}
-    for r in received:
-        if isinstance(r.command, Command):
-            latest[r.command.key] = r
-    return [latest[k] for k in ("serving", "shadow") if k in latest]
+    def _unreadable_at(self, exc: Exception) -> tuple[TopicPartition, int]:
+        positions = {tp: self.consumer.position(tp) for tp in self.partitions}
+        ends = self.consumer.end_offsets(self.partitions)
+        waiting = {tp: offset for tp, offset in positions.items() if offset < ends.get(tp, 0)}
+        if len(waiting) == 1:
+            return next(iter(waiting.items()))
+        if waiting and self.probe is not None:
+            from sentistream.worker.intake import find_unreadable
+
+            found = find_unreadable(self.probe, waiting)
+            if found is not None:
+                return found
+        raise exc  # no record to blame: not a record's fault

@@ -22,6 +22,7 @@ from sentistream.worker.batching import Collector, CostModel, LatencyTarget
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.control import ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
+from sentistream.worker.faults import one_line
 from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.model_ops import ModelOps
@@ -170,33 +171,33 @@ class Worker:
 
     def _open_control(self, admin, bootstrap: str, stack: contextlib.ExitStack) -> ControlReader | None:
         """The control topic's reader (the topic is created if missing), after replaying what it
-        holds; None (run-time model control off, logged) when it cannot be read."""
+        holds; None (run-time model control off, logged) when the topic cannot be read at all.
+        Its records never turn it off: each is carried out or refused (worker/model_ops.py)."""
         s = self.settings
         try:
             kafka_clients.ensure_topics(admin, kafka_clients.control_topic_spec(s))
             consumer = kafka_clients.control_consumer(s, bootstrap)
             stack.callback(consumer.close)
-            reader = ControlReader(consumer, s.control_topic)
-            self.ops.replay(reader.backlog())
+            reader = ControlReader(consumer, s.control_topic,
+                                   probe=lambda: kafka_clients.control_consumer(s, bootstrap))
+            backlog = reader.backlog()
         except KafkaError as exc:
             log.warning("control topic %s cannot be read (%s): run-time model control is off", s.control_topic, exc)
             return None
+        self.ops.replay(backlog)
         return reader
 
     def _model_ops(self) -> None:
-        """Between two pieces of work: carry out new control commands, then ``--swap-when``."""
+        """Between two pieces of work: carry out new control records, then ``--swap-when``."""
         now = time.monotonic()
         if self.control is not None and now >= self._next_control_at:
             self._next_control_at = now + CONTROL_EVERY_S
             try:
-                received = self.control.poll()
-            except KafkaError as exc:  # e.g. not authorized to read it: serving goes on, retried later
+                self.ops.follow(self.control)
+            except Exception as exc:  # reading failed (the broker, an ACL), not a record: serving goes on
                 self._next_control_at = now + CONTROL_RETRY_S
-                log.warning("control topic %s cannot be read (%s); retrying in %.0f s", self.control.topic, exc,
-                            CONTROL_RETRY_S)
-                received = []
-            for command in received:
-                self.ops.apply(command)
+                log.warning("control topic %s cannot be read (%s); retrying in %.0f s", self.control.topic,
+                            one_line(exc), CONTROL_RETRY_S)
         self.ops.check_rule()
 
     def _cut(self) -> int:

@@ -1,23 +1,51 @@
 """Live model operations in one worker: run a shadow, promote it, roll back, without a restart.
 
-The run loop calls :meth:`ModelOps.apply` and :meth:`ModelOps.check_rule` between two pieces of
+The run loop calls :meth:`ModelOps.follow` and :meth:`ModelOps.check_rule` between two pieces of
 work, never during one: a batch is classified and published by one model, and in exactly-once
 mode the switch falls between two transactions. Results carry the version that made them
 (``model.version`` and the ``sentistream-model`` header), since the pipeline builds them from the
-model it holds at that moment. A command that cannot be carried out changes nothing: one log
-line (with the control record's topic, partition and offset) and
-``sentistream_control_refused_total``.
+model it holds at that moment.
+
+One boundary per control record. Everything done for a record (reading its bytes as a command,
+finding its bundle under the bundle roots, loading and verifying it, switching) runs inside
+:meth:`ModelOps._guarded`, which turns whatever is raised, any ``BaseException`` but a process exit
+(worker/faults.py), into a refusal: one log line with the record's place, and
+``sentistream_control_refused_total{reason}`` (a :class:`Refused`'s reason, else ``error``). A
+refusal changes nothing: all that can fail (finding, loading, checking bundles: :meth:`_plan`)
+happens before the switch, which is assignments only (:meth:`_commit`).
+
+State. The worker serves and shadows what the fold of the commands it accepted says
+(worker/control.py): live, one command at a time (``state.then``); on start, the fold of the whole
+backlog, where a command whose bundle cannot be had is refused, left out, and the rest folded
+again, as the running workers left it out when they refused it. Bundles named by commands load
+only from under ``settings.bundle_root_paths`` (resolved: symlinks and ``..`` cannot leave them),
+and a label change only when the worker's own ``allow_label_change`` says so.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sentistream.worker.bundle import Bundle
+from sentistream.worker.bundle import MANIFEST, Bundle, BundleError, DigestMismatch, default_bundle_path
 from sentistream.worker.contract import ModelRef
-from sentistream.worker.control import Command, Received, Refused, manifest_digest, verified
+from sentistream.worker.control import (
+    Command,
+    ControlReader,
+    ControlRecord,
+    Received,
+    Refused,
+    State,
+    fold,
+    locate,
+    read_command,
+)
+from sentistream.worker.faults import contained, kept, one_line
 from sentistream.worker.shadow import Shadow
 from sentistream.worker.swap_rule import SwapRule
 
@@ -28,6 +56,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Every reason a control record is refused for (worker/control.py raises most of them).
+REASONS = ("invalid_command", "tombstone", "too_large", "wrong_key", "unreadable_record", "unknown_bundle",
+           "outside_roots", "hash_mismatch", "label_change", "load_failed", "error")
+FOLLOW_BUDGET_S = 0.5  # records handled per turn of the loop, at most this long (loading a bundle: ~0.2-1 s)
+
+
+class Unusable(Exception):
+    """The bundle a command names cannot be had; ``cause`` says why."""
+
+    def __init__(self, received: Received, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.received = received
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a switch to ``target`` takes, every bundle loaded and checked already."""
+
+    target: State
+    serving: Bundle | None = None  # to serve from now on; None: the serving bundle stays
+    shadow: Bundle | None = None  # to shadow from now on, unless keep_shadow
+    keep_shadow: bool = False  # the running shadow stays as it is
+
 
 class ModelOps:
     """Which bundle serves, which one shadows it, and the moves between them."""
@@ -37,90 +89,154 @@ class ModelOps:
         self.pipeline = pipeline
         self.metrics = metrics
         self.rule = SwapRule.parse(settings.swap_when) if settings.swap_when else None
-        self.serving_digest = manifest_digest(pipeline.bundle.path)
-        self.shadow_digest: str | None = None
+        self.roots = [root.resolve() for root in settings.bundle_root_paths(default_bundle_path().parent)]
+        self.state = State()
+        self.pending: deque[ControlRecord] = deque()
+        for reason in REASONS:  # every series exists from the start
+            metrics.control_refused.labels(reason)
 
-    # -- the shadow ------------------------------------------------------------------------------
     @property
     def shadow(self) -> Shadow | None:
         return self.pipeline.shadow
 
-    def start_shadow(self, path: Path, digest: str | None = None) -> bool:
-        """Run the bundle at ``path`` beside the serving one (replacing any shadow). A bundle
-        that cannot load is dropped (logged, counted) and serving goes on."""
+    @property
+    def serving_digest(self) -> str:
+        return self.pipeline.bundle.manifest_sha256
+
+    @property
+    def shadow_digest(self) -> str | None:
+        return self.shadow.bundle.manifest_sha256 if self.shadow is not None else None
+
+    def start_shadow(self, path: Path) -> bool:
+        """``--shadow-bundle``: run the bundle at ``path`` beside the serving one. A bundle that
+        cannot load is dropped (logged, counted) and serving goes on."""
         s = self.settings
         shadow = Shadow.load(path, self.metrics, s.batch_size, threads=s.threads, max_tokens=s.max_tokens)
         if shadow is None:
             return False
+        self._set_shadow(shadow)
+        command = Command(command="shadow", bundle=str(Path(path).absolute()), sha256=shadow.bundle.manifest_sha256)
+        self.state = State(self.state.serving, Received("--shadow-bundle", command))
+        return True
+
+    # -- control records ---------------------------------------------------------------------------
+    def follow(self, reader: ControlReader) -> None:
+        """Handle the control records that arrived, for at most FOLLOW_BUDGET_S (the rest wait for
+        the next turn). A failing read (the broker, an ACL) is raised: the caller retries later."""
+        if not self.pending:
+            self.pending.extend(reader.poll())
+        deadline = time.monotonic() + FOLLOW_BUDGET_S
+        while self.pending and time.monotonic() < deadline:
+            self.handle(self.pending.popleft())
+
+    def handle(self, record: ControlRecord) -> bool:
+        """Carry out one control record (True), or refuse it and change nothing (False)."""
+        return self._guarded(record.where, lambda: self._realize(self.state.then(read_command(record))))
+
+    def replay(self, records: list[ControlRecord]) -> None:
+        """A starting worker reaches the state the backlog leads to: the fold of its commands,
+        those whose bundle cannot be had refused and left out."""
+        commands: list[Received] = []
+        for record in records:
+            self._guarded(record.where, lambda record=record: commands.append(read_command(record)) or True)
+        while commands:
+            try:
+                self._realize(fold(commands, self.state))
+                return
+            except Unusable as unusable:
+                self._refuse(unusable.received.where, unusable.cause)
+                commands = [c for c in commands if c is not unusable.received]
+
+    def _guarded(self, where: str, work: Callable[[], bool | None]) -> bool:
+        """The boundary: ``work()`` (True), or, whatever it raised but a process exit, a refusal
+        of what came from ``where`` (False)."""
+        return contained(lambda: work() is not False, lambda exc: self._refuse(where, exc))
+
+    def _refuse(self, where: str, exc: BaseException) -> bool:
+        cause = exc.cause if isinstance(exc, Unusable) else exc
+        if isinstance(cause, Refused):
+            reason, why = cause.reason, (str(cause).splitlines() or [""])[0][:500]
+        else:
+            reason, why = "error", one_line(cause)
+        self.metrics.control_refused.labels(reason).inc()
+        log.error("control command at %s refused (%s): %s; nothing changed", where, reason, why)
+        return False
+
+    # -- switching to a state --------------------------------------------------------------------
+    def _realize(self, target: State, how: str | None = None) -> None:
+        """Serve and shadow what ``target`` says; Unusable (nothing changed) when a bundle it needs
+        cannot be had."""
+        self._commit(self._plan(target), how)
+
+    def _plan(self, target: State) -> _Plan:
+        """Everything that can fail, before anything changes: the bundles ``target`` needs."""
+        serving, digest = None, self.serving_digest
+        if target.serving is not None and target.serving.command.sha256 != digest:
+            serving = _usable(target.serving, self._serving_bundle)
+            digest = serving.manifest_sha256
+        wanted = target.shadow
+        if wanted is None or wanted.command.sha256 == digest:
+            return _Plan(target, serving)
+        if wanted.command.sha256 == self.shadow_digest:
+            return _Plan(target, keep_shadow=True)
+        return _Plan(target, serving, _usable(wanted, self._load))
+
+    def _serving_bundle(self, command: Command) -> Bundle:
+        shadow = self.shadow
+        promoted = shadow is not None and command.sha256 == self.shadow_digest
+        bundle = shadow.bundle if promoted else self._load(command)
+        serving = list(self.pipeline.bundle.manifest.labels)
+        if list(bundle.manifest.labels) != serving and not self.settings.allow_label_change:
+            raise Refused("label_change", f"bundle {command.bundle} has labels {bundle.manifest.labels}, the serving "
+                          f"one {serving} (a worker accepts that only with its allow_label_change setting)")
+        return bundle
+
+    def _load(self, command: Command) -> Bundle:
+        """The command's bundle, from under the bundle roots, its manifest's hash checked on the
+        bytes it is loaded from."""
+        path = locate(command, self.roots)
+        if not (path / MANIFEST).is_file():
+            raise Refused("unknown_bundle", f"bundle {command.bundle}: no {MANIFEST}")
+        s = self.settings
+        try:
+            return Bundle(path, threads=s.threads, max_tokens=s.max_tokens, manifest_sha256=command.sha256)
+        except DigestMismatch as exc:
+            raise Refused("hash_mismatch", f"bundle {command.bundle}: {exc}") from exc
+        except BundleError as exc:
+            raise Refused("load_failed", f"bundle {command.bundle} cannot be loaded: {exc}") from exc
+
+    def _commit(self, plan: _Plan, how: str | None) -> None:
+        """Switch to the plan: assignments and metrics."""
+        if plan.serving is not None and plan.target.serving is not None:
+            self._swap(plan.serving, how or plan.target.serving.command.command)
+        if not plan.keep_shadow:
+            self._stop_shadow()
+            if plan.shadow is not None:
+                self._set_shadow(Shadow(plan.shadow, self.metrics, self.settings.batch_size))
+        self.state = plan.target
+
+    def _set_shadow(self, shadow: Shadow) -> None:
         self._stop_shadow()
         self.pipeline.shadow = shadow
-        self.shadow_digest = digest or manifest_digest(path)
         log.info("shadow %s %s started beside %s %s", shadow.model.name, shadow.model.version,
                  self.pipeline.model.name, self.pipeline.model.version)
-        return True
 
     def _stop_shadow(self) -> None:
         if self.pipeline.shadow is not None:
             self.pipeline.shadow.retire()
         self.pipeline.shadow = None
-        self.shadow_digest = None
 
-    # -- commands --------------------------------------------------------------------------------
-    def replay(self, backlog: list[Received]) -> None:
-        """A starting worker reaches the state the control topic holds: per key (serving, then
-        shadow) the latest command that can be carried out (a refused one changed nothing for
-        the workers that read it live, so it changes nothing here either)."""
-        for key in ("serving", "shadow"):
-            mine = [r for r in backlog if isinstance(r.command, Command) and r.command.key == key]
-            for received in reversed(mine):
-                if self.apply(received):
-                    break
-
-    def apply(self, received: Received) -> bool:
-        """Carry out one control record (True), or refuse it and change nothing (False)."""
-        command = received.command
-        try:
-            if isinstance(command, Refused):
-                raise command
-            path = verified(command)
-            if command.command == "shadow":
-                self._shadow_command(command, path)
-            else:
-                self._serve_command(command, path)
-        except Refused as refused:
-            self.metrics.control_refused.labels(refused.reason).inc()
-            log.error("control command at %s refused (%s): %s; nothing changed", received.where, refused.reason,
-                      refused)
-            return False
-        return True
-
-    def _shadow_command(self, command: Command, path: Path) -> None:
-        if command.sha256 in (self.serving_digest, self.shadow_digest):
-            return  # already so (a replay, or a repeated command)
-        if not self.start_shadow(path, command.sha256):
-            raise Refused("load_failed", f"bundle {command.bundle} cannot be loaded")
-
-    def _serve_command(self, command: Command, path: Path) -> None:
-        if command.sha256 == self.serving_digest:
-            if command.command == "rollback":
-                self._stop_shadow()
-            return  # already serving it
-        shadow = self.shadow
-        if shadow is not None and command.sha256 == self.shadow_digest:
-            bundle = shadow.bundle
-        else:
-            try:
-                bundle = Bundle(path, threads=self.settings.threads, max_tokens=self.settings.max_tokens)
-            except Exception as exc:  # BundleError or onnxruntime's own: refused, serving goes on
-                raise Refused("load_failed", f"bundle {command.bundle} cannot be loaded: {exc}") from exc
-        self._check_labels(bundle, command.allow_label_change)
-        self.swap(bundle, command.command, command.sha256)
-
-    def _check_labels(self, bundle: Bundle, allowed: bool) -> None:
-        serving = list(self.pipeline.bundle.manifest.labels)
-        if list(bundle.manifest.labels) != serving and not allowed:
-            raise Refused("label_change", f"bundle {bundle.path} has labels {bundle.manifest.labels}, the serving "
-                          f"one {serving} (allow it with --allow-label-change)")
+    def _swap(self, bundle: Bundle, how: str) -> None:
+        """Serve ``bundle`` from the next piece of work on."""
+        old = self.pipeline.bundle.manifest
+        new = bundle.manifest
+        self.pipeline.bundle = bundle
+        self.pipeline.model = ModelRef(name=new.name, version=new.version)
+        self.metrics.retired(old.name, old.version, old.files["model.onnx"])
+        self.metrics.serving(new.name, new.version, new.files["model.onnx"], new.labels)
+        self.metrics.model_swaps.labels(how).inc()
+        log.warning("model swapped (%s): %s %s -> %s %s, from the next batch on", how, old.name, old.version,
+                    new.name, new.version)
 
     # -- automatic promotion ---------------------------------------------------------------------
     def check_rule(self) -> None:
@@ -131,27 +247,14 @@ class ModelOps:
         log.info("shadow %s %s met --swap-when %s (agreement %.4f over %d sentences)", shadow.model.name,
                  shadow.model.version, self.settings.swap_when, shadow.agreement, shadow.compared)
         self.rule = None
-        try:
-            self._check_labels(shadow.bundle, self.settings.allow_label_change)
-        except Refused as refused:
-            self.metrics.control_refused.labels(refused.reason).inc()
-            log.error("automatic promotion refused: %s", refused)
-            return
-        self.swap(shadow.bundle, "auto", self.shadow_digest or manifest_digest(shadow.bundle.path))
+        named = self.state.shadow.command.bundle if self.state.shadow else str(shadow.bundle.path.absolute())
+        promote = Received("--swap-when", Command(command="promote", bundle=named, sha256=shadow.bundle.manifest_sha256))
+        self._guarded(promote.where, lambda: self._realize(self.state.then(promote), how="auto"))
 
-    # -- the switch ------------------------------------------------------------------------------
-    def swap(self, bundle: Bundle, how: str, digest: str) -> None:
-        """Serve ``bundle`` from the next piece of work on. The shadow stops when it is the
-        bundle promoted, or on a rollback."""
-        old = self.pipeline.bundle.manifest
-        new = bundle.manifest
-        if digest == self.shadow_digest or how == "rollback":
-            self._stop_shadow()
-        self.pipeline.bundle = bundle
-        self.pipeline.model = ModelRef(name=new.name, version=new.version)
-        self.serving_digest = digest
-        self.metrics.retired(old.name, old.version, old.files["model.onnx"])
-        self.metrics.serving(new.name, new.version, new.files["model.onnx"], new.labels)
-        self.metrics.model_swaps.labels(how).inc()
-        log.warning("model swapped (%s): %s %s -> %s %s, from the next batch on", how, old.name, old.version,
-                    new.name, new.version)
+
+def _usable(received: Received, get: Callable[[Command], Bundle]) -> Bundle:
+    """``get(command)``, or Unusable naming the command, whatever it raised but a process exit."""
+    try:
+        return get(received.command)
+    except BaseException as exc:
+        raise Unusable(received, kept(exc)) from exc
