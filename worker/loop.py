@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
 from sentistream.worker import intake, kafka_clients
@@ -27,6 +27,7 @@ from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, He
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.model_ops import ModelOps
 from sentistream.worker.pipeline import Decoded, Pipeline
+from sentistream.worker.quarantine import Quarantine
 from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ LAG_EVERY_S = 2.0
 # together, so the wider the window the less padding (docs/performance.md).
 POLL_BATCHES = 8
 IDLE_POLL_MS = 500
+NOTE_BATCHES = 2  # how far ahead of what it reads a worker's note reaches, in turns' worth of records
 CONTROL_EVERY_S = 0.25  # how often the loop looks at the control topic
 CONTROL_RETRY_S = 30.0  # after the control topic could not be read
 
@@ -93,6 +95,9 @@ class Worker:
         self._next_lag_at = 0.0
         self.consumer = None
         self.delivery: AtLeastOnce | ExactlyOnce | None = None
+        # a note every NOTE_BATCHES batches' worth of records per partition (worker/quarantine.py)
+        self.quarantine = Quarantine(settings.max_record_attempts, self.chunk * NOTE_BATCHES, self._commit_notes)
+        self._notes_unread: set[TopicPartition] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -112,10 +117,11 @@ class Worker:
             stack.callback(producer.close, 30)
             shared = (self.consumer, producer, self.pipeline, self.metrics, self.health)
             if exactly_once:
-                self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s)
+                self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine)
             else:
-                self.delivery = AtLeastOnce(*shared, retry_max_s=s.publish_retry_max_s,
+                self.delivery = AtLeastOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine,
                                             max_in_flight=s.max_in_flight_batches * self.chunk,
+                                            max_in_flight_bytes=s.max_in_flight_bytes,
                                             commit_interval=s.commit_interval_ms / 1000)
             admin = kafka_clients.admin(s, bootstrap)
             try:
@@ -135,6 +141,7 @@ class Worker:
                 while len(self.collector):
                     self.process(self.collector.take(self.chunk))
                 self.delivery.close()
+                self._hand_over(self.assignment, blocking=True)
             except DeliveryFailed as exc:
                 log.error("stopping: %s", exc)
                 return EXIT_FATAL
@@ -158,7 +165,7 @@ class Worker:
             timeout_ms = 0 if len(self.collector) else IDLE_POLL_MS
             room = max(1, self.chunk - len(self.collector))
             records = intake.poll(self.consumer, self._probe, timeout_ms, room)
-            self.collector.add([self.pipeline.decode(r) for r in records])
+            self.collector.add(self._decode(records))
             # A poll returns what the client holds, up to ``room``: fewer means nothing more is
             # waiting, so another poll to find that out would only add a turn's latency.
             if self.collector.ready(drained=len(records) < room):
@@ -207,11 +214,85 @@ class Worker:
             return self.chunk
         return min(self.chunk, self.latency.limit(self.collector.items, self.collector.oldest_age()))
 
+    def _decode(self, records: list) -> list[Decoded]:
+        """Records of partitions processed as usual are decoded now, once a note covers them;
+        those of careful partitions wait, undecoded, to be processed one at a time."""
+        self._read_notes()
+        careful = {id(r) for r in records if self.quarantine.is_careful(partition_of(r))}
+        usual = [r for r in records if id(r) not in careful]
+        try:
+            self.quarantine.cover(usual)
+        except KafkaError as exc:  # no note, no work: read them again on a later turn
+            self._read_again(usual, f"the quarantine note could not be committed ({one_line(exc)})")
+            return [Decoded(r, [], deferred=True) for r in records if id(r) in careful]
+        return [Decoded(r, [], deferred=True) if id(r) in careful else self.pipeline.decode(r) for r in records]
+
+    def _read_notes(self) -> None:
+        """The notes of newly assigned partitions (worker/quarantine.py): whether their last owner
+        died on them."""
+        if not self._notes_unread:
+            return
+        tps, self._notes_unread = self._notes_unread, set()
+        try:
+            self.quarantine.assigned(kafka_clients.committed_with_metadata(self.consumer, tps))
+        except KafkaError as exc:  # then they are processed as usual
+            log.warning("cannot read the notes of %s (%s)", sorted(tps), one_line(exc))
+
+    def _read_again(self, records: list, why: str) -> None:
+        firsts: dict[TopicPartition, int] = {}
+        for r in records:
+            firsts.setdefault(partition_of(r), r.offset)
+        for tp, offset in firsts.items():
+            with contextlib.suppress(Exception):  # not assigned any more: its new owner reads it
+                self.consumer.seek(tp, offset)
+        if firsts:
+            log.warning("%s: reading %s again", why, sorted((tp.topic, tp.partition, o) for tp, o in firsts.items()))
+        self._rewound(set(firsts))
+
     def process(self, decoded: list[Decoded]) -> None:
-        """Classify and publish ``decoded``; the delivery strategy accounts for their offsets."""
+        """Classify and publish ``decoded``; the delivery strategy accounts for their offsets.
+        Records of careful partitions go one at a time, after the rest (worker/quarantine.py)."""
         # Counted here, not at poll: records dropped on a revoke are counted once, by their new owner.
         self.metrics.consumed.inc(len(decoded))
-        self._rewound(self.delivery.deliver(self.pipeline.handle(decoded)))
+        together = [d for d in decoded if not d.deferred]
+        rewound = self.delivery.deliver(self.pipeline.handle(together)) if together else set()
+        for d in decoded:
+            if d.deferred and partition_of(d.record) not in rewound:
+                rewound |= self._process_alone(d)
+        self._rewound(rewound)
+
+    def _process_alone(self, d: Decoded) -> set[TopicPartition]:
+        """One record of a careful partition: its note, then its work, settled before the next."""
+        tp = partition_of(d.record)
+        try:
+            crashed = self.quarantine.attempt(d.record)
+        except KafkaError as exc:
+            self._read_again([d.record], f"the quarantine note could not be committed ({one_line(exc)})")
+            return {tp}
+        if crashed is not None:
+            log.error("%s[%d]@%d: %s; dead-lettering it (crashed_worker)", tp.topic, tp.partition, d.record.offset,
+                      crashed.detail)
+            handled = [self.pipeline.dead_letter(crashed)]
+        else:
+            self.metrics.tried_alone.inc()
+            handled = self.pipeline.handle([self.pipeline.decode(d.record)])
+        return self.delivery.deliver(handled) | self.delivery.settle(tp)
+
+    def _commit_notes(self, notes: dict[TopicPartition, tuple[int, str]], blocking: bool = True) -> None:
+        offsets = {tp: OffsetAndMetadata(offset, note, -1) for tp, (offset, note) in notes.items()}
+        if blocking:
+            self.consumer.commit(offsets)
+        else:  # inside a rebalance callback, where kafka-python allows no blocking call
+            self.consumer.commit_async(offsets)
+
+    def _hand_over(self, tps: set[TopicPartition], blocking: bool = False) -> None:
+        """Partitions leave cleanly: clear this worker's notes on those whose work is all committed.
+        If that fails the next owner goes careful on them: slower, never wrong."""
+        try:
+            self.quarantine.handed_over(tps - self.delivery.unsettled(), blocking)
+        except Exception as exc:  # nothing here may stop a rebalance
+            log.warning("could not clear the quarantine notes of %s: %s", sorted(tps), one_line(exc))
+            self.quarantine.forget(tps)
 
     def _rewound(self, tps: set[TopicPartition]) -> None:
         """Partitions seeked back (or revoked): what is held of them will be read again."""
@@ -240,6 +321,7 @@ class Worker:
             held.setdefault(partition_of(d.record), d.record.offset)
         self._rewound(revoked)  # not produced: their new owner reads them
         unfinished = self.delivery.revoke(revoked)
+        self._hand_over(revoked - set(unfinished))
         # An eager rebalance may hand a partition straight back, and kafka-python then keeps its
         # fetch position, past the records dropped here: seek back to the first one not done.
         for tp in revoked:
@@ -248,6 +330,7 @@ class Worker:
                 with contextlib.suppress(Exception):  # not assigned any more: nothing to keep
                     self.consumer.seek(tp, min(offsets))
         self.assignment -= revoked
+        self._notes_unread -= revoked
         if self.report_lag:
             for tp in revoked:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
@@ -259,7 +342,9 @@ class Worker:
         pause): the partitions already belong to others, so nothing is committed for them."""
         self._rewound(lost)
         self.delivery.lose(lost)
+        self.quarantine.forget(lost)
         self.assignment -= lost
+        self._notes_unread -= lost
         if self.report_lag:
             for tp in lost:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
@@ -272,6 +357,8 @@ class Worker:
         # partitions added to what this member keeps
         self.assignment |= assigned
         self.metrics.assigned.set(len(self.assignment))
+        self.delivery.assigned(assigned)
+        self._notes_unread |= assigned  # read before their records are decoded (no blocking call in here)
         self.health.clear(STARTING)
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
