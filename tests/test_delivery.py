@@ -335,3 +335,42 @@ def test_exactly_once_commits_nothing_while_the_member_is_out_of_its_group() -> 
     assert rewound == {P0, P1}
     assert sorted(consumer.seeks) == [(P0, 3), (P1, 7)]
     assert d.committed == {}
+
+
+def test_a_partition_whose_oldest_send_is_stuck_stops_fetching_until_it_settles() -> None:
+    d, consumer, producer, clock = make(AtLeastOnce, max_in_flight=10_000)
+    d.deliver(handled(0, range(0, 3)) + handled(1, range(0, 3)))
+    for f in futures_of(producer, range(3, 6)):
+        f.succeed()
+    clock.now += 6  # partition 0's sends wait past STUCK_AFTER_S (e.g. its topic was deleted under them)
+    d.checkpoint()
+    tp0 = TopicPartition("in", 0)
+    assert consumer.paused_tps == {tp0}
+    assert PUBLISH_BLOCKED in d.health.problems and "out" in d.health.problems[PUBLISH_BLOCKED]
+    for f in futures_of(producer, range(0, 3)):
+        f.succeed()
+    d.checkpoint()
+    assert consumer.paused_tps == set() and PUBLISH_BLOCKED not in d.health.problems
+    assert consumer.committed_to(tp0) == 3
+
+
+def test_bytes_in_flight_are_bounded_as_well_as_records() -> None:
+    d, _, producer, _ = make(AtLeastOnce, max_in_flight=10_000, max_in_flight_bytes=2_000)
+    big = [Handled(Rec("in", 0, o, 0, None, b"x", []), [Outgoing("out", None, b"r" * 900, [])], labels=["L"])
+           for o in range(3)]
+    d.deliver(big[:2])
+    assert d.has_room()  # 1,800 bytes
+    d.deliver(big[2:])
+    assert not d.has_room()
+    producer.sent[0][2].succeed()
+    d.checkpoint()
+    assert d.has_room()
+
+
+def test_exactly_once_cuts_a_piece_into_transactions_of_bounded_bytes_in_order() -> None:
+    d, _, producer, _ = make(ExactlyOnce, max_transaction_bytes=3)
+    d.deliver(handled(0, range(0, 10)))  # one byte of result each
+    commits = [t for t in producer.transactions if t == "commit"]
+    assert len(commits) == 4  # 3 + 3 + 3 + 1
+    ends = [o[TopicPartition("in", 0)] for o in producer.offsets]
+    assert ends == sorted(ends) and ends[-1] == 10

@@ -90,6 +90,21 @@ def length_sorted_batches(items: Sequence[T], size: int, length: Callable[[T], i
     return batches
 
 
+def cut_by_size(items: Sequence[T], budget: int, size: Callable[[T], int]) -> list[list[T]]:
+    """``items`` in order, cut where their sizes would add up past ``budget`` (an item alone may
+    pass it)."""
+    out: list[list[T]] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if not out or (out[-1] and total + n > budget):
+            out.append([])
+            total = 0
+        out[-1].append(item)
+        total += n
+    return out
+
+
 def token_batches(encodings: Sequence, size: int) -> list[list[int]]:
     """Indices of ``encodings`` (tokenizers ``Encoding``) grouped the way the worker batches them:
     ≤ ``size`` per batch, token counts within 1. For tools that compare models on the worker's

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka import errors as kerr
 
+from sentistream.worker import kafka_clients
+from sentistream.worker.batching import cut_by_size
 from sentistream.worker.contract import Reason, Rejection, encoded_size
 from sentistream.worker.faults import one_line as _one_line
 from sentistream.worker.health import PUBLISH_BLOCKED, Health
@@ -59,6 +61,10 @@ MAX_TRANSACTION_ATTEMPTS = 4
 # coordinator connection drops (the call then never returns): the worker gives up after this long
 # and exits; its replacement's init_transactions() aborts what was left open.
 TRANSACTION_CALL_TIMEOUT_S = 30.0
+# At-least-once: a partition whose oldest send is unacknowledged this long stops fetching (and
+# /readyz says publish_blocked) until it settles: e.g. a send made just before its topic was
+# deleted waits in the client until its delivery timeout, and the records behind it must not pile up.
+STUCK_AFTER_S = 5.0
 
 
 class DeliveryFailed(RuntimeError):
@@ -96,6 +102,7 @@ class Entry:
 
     handled: Handled
     futures: list = field(default_factory=list)
+    sent_at: float = 0.0
 
     @property
     def size(self) -> int:
@@ -177,6 +184,7 @@ class _Delivery:
         self.clock = clock
         self.committed: dict[TopicPartition, int] = {}
         self.blocked: dict[TopicPartition, Blocked] = {}
+        self.missing: set[str] = set()  # topics without metadata (worker/kafka_clients.py topic_known)
 
     def _commit_map(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
         return commit_map(offsets, self.notes.metadata) if self.notes is not None else commit_map(offsets)
@@ -196,13 +204,32 @@ class _Delivery:
         self._count_paused()
 
     def _count_paused(self) -> None:
-        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()))
+        self.metrics.paused.set(sum(b.paused for b in self.blocked.values()) + len(self._waiting()))
+
+    def _waiting(self) -> set[TopicPartition]:
+        """Partitions paused until their oldest send settles (at-least-once)."""
+        return set()
+
+    def _clear_if_flowing(self) -> None:
+        if not self.blocked and not self._waiting():
+            self.health.clear(PUBLISH_BLOCKED)
 
     # -- sending -------------------------------------------------------------------------------
     def _send(self, m: Outgoing):
+        """Send ``m``; a :class:`Failed` when the client refused it before it left (size, types,
+        no metadata). A topic whose metadata did not come within ``publish_block_ms`` (deleted,
+        and auto-creation off) fails at once until it appears, so that one missing topic costs
+        the loop one wait, not one per message."""
+        if m.topic in self.missing:
+            if not kafka_clients.topic_known(self.producer, m.topic):
+                return Failed(kerr.KafkaTimeoutError(f"no metadata for topic {m.topic}: does it exist?"))
+            self.missing.discard(m.topic)
         try:
             return self.producer.send(m.topic, value=m.value, key=m.key, headers=m.headers)
-        except Exception as exc:  # refused before it left (size, types, metadata timeout)
+        except kerr.KafkaTimeoutError as exc:
+            self.missing.add(m.topic)
+            return Failed(exc)
+        except Exception as exc:
             return Failed(exc)
 
     def _count(self, h: Handled) -> None:
@@ -257,15 +284,13 @@ class _Delivery:
             if b is not None and offset > b.offset:
                 del self.blocked[tp]
                 log.info("publishing for %s[%d] works again", tp.topic, tp.partition)
-        if not self.blocked:
-            self.health.clear(PUBLISH_BLOCKED)
+        self._clear_if_flowing()
 
     def _forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self.blocked.pop(tp, None)
         self._count_paused()
-        if not self.blocked:
-            self.health.clear(PUBLISH_BLOCKED)
+        self._clear_if_flowing()
 
 
 class AtLeastOnce(_Delivery):
@@ -282,6 +307,7 @@ class AtLeastOnce(_Delivery):
         self.pending: dict[TopicPartition, deque[Entry]] = {}
         self.commit_interval = commit_interval
         self.uncommitted: dict[TopicPartition, int] = {}  # acknowledged, waiting for the next commit
+        self.waiting: set[TopicPartition] = set()  # paused: their oldest send is stuck (STUCK_AFTER_S)
         self._commit_due = 0.0
 
     def in_flight(self) -> int:
@@ -307,7 +333,7 @@ class AtLeastOnce(_Delivery):
 
     def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
         for h in handled:
-            entry = Entry(h, [self._send(m) for m in h.messages])
+            entry = Entry(h, [self._send(m) for m in h.messages], self.clock())
             self.pending.setdefault(partition_of(h.record), deque()).append(entry)
             self._count(h)
             if h.rejection is None:
@@ -355,14 +381,45 @@ class AtLeastOnce(_Delivery):
                     del self.pending[tp]
                     rewound.add(tp)
                     break
-                queue[0] = Entry(replacement, [self._send(m) for m in replacement.messages])
+                queue[0] = Entry(replacement, [self._send(m) for m in replacement.messages], self.clock())
                 self._count(replacement)
         self._passed(advanced)
         self._resume_due()
+        self._watch_heads()
         self.uncommitted.update(advanced)
         if self.uncommitted and (blocking or only is not None or self.clock() >= self._commit_due):
             self._commit(blocking)
         return rewound
+
+    def _waiting(self) -> set[TopicPartition]:
+        return self.waiting
+
+    def _watch_heads(self) -> None:
+        """Pause a partition whose oldest send is stuck; resume it once that settles."""
+        now = self.clock()
+        for tp, queue in self.pending.items():
+            head = queue[0] if queue else None
+            stuck = head is not None and not head.settled() and now - head.sent_at > STUCK_AFTER_S
+            if stuck and tp not in self.waiting:
+                topic = next(m.topic for m, f in zip(head.handled.messages, head.futures, strict=True) if not f.is_done)
+                self.waiting.add(tp)
+                with contextlib.suppress(ValueError, AssertionError):
+                    self.consumer.pause(tp)
+                self.health.set(PUBLISH_BLOCKED, f"{topic} has not acknowledged a send for {tp.topic}[{tp.partition}]"
+                                f"@{head.offset} in {STUCK_AFTER_S:.0f} s")
+                log.error("%s[%d]@%d: %s has not acknowledged its send in %.0f s; partition paused until it settles",
+                          tp.topic, tp.partition, head.offset, topic, STUCK_AFTER_S)
+        for tp in [tp for tp in self.waiting if not self._stuck(tp, now)]:
+            self.waiting.discard(tp)
+            if tp not in self.blocked:
+                with contextlib.suppress(ValueError, AssertionError):
+                    self.consumer.resume(tp)
+        self._count_paused()
+        self._clear_if_flowing()
+
+    def _stuck(self, tp: TopicPartition, now: float) -> bool:
+        queue = self.pending.get(tp)
+        return bool(queue) and not queue[0].settled() and now - queue[0].sent_at > STUCK_AFTER_S
 
     def revoke(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Partitions are leaving: commit their acknowledged prefix (sends in flight get a
@@ -376,6 +433,7 @@ class AtLeastOnce(_Delivery):
         unfinished = {tp: self.pending[tp][0].offset for tp in tps if self.pending.get(tp)}
         for tp in tps:
             self.pending.pop(tp, None)
+        self.waiting -= tps
         self._forget(tps)
         return unfinished
 
@@ -386,6 +444,7 @@ class AtLeastOnce(_Delivery):
         for tp in tps:
             self.pending.pop(tp, None)
             self.uncommitted.pop(tp, None)  # no longer ours to commit
+        self.waiting -= tps
         self._forget(tps)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -417,8 +476,9 @@ class ExactlyOnce(_Delivery):
 
     transactional = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_transaction_bytes: int = 1 << 62, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.max_transaction_bytes = max_transaction_bytes
         self.producer.init_transactions()
 
     def has_room(self) -> bool:
@@ -428,6 +488,14 @@ class ExactlyOnce(_Delivery):
         pass
 
     def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
+        """One transaction per slice of at most ``max_transaction_bytes`` (what the producer holds
+        until the commit), in order; a partition rewound by one slice sits out the later ones."""
+        rewound: set[TopicPartition] = set()
+        for piece in cut_by_size(handled, self.max_transaction_bytes, lambda h: Entry(h).size):
+            rewound |= self._transact([h for h in piece if partition_of(h.record) not in rewound])
+        return rewound
+
+    def _transact(self, handled: Sequence[Handled]) -> set[TopicPartition]:
         work = list(handled)
         rewound: set[TopicPartition] = set()
         for _ in range(MAX_TRANSACTION_ATTEMPTS):
@@ -523,7 +591,8 @@ class ExactlyOnce(_Delivery):
                      exc: BaseException, rewound: set[TopicPartition]) -> list[Handled]:
         """Work for the next attempt: records refused for themselves are dead-lettered instead;
         partitions whose topic cannot be written are rewound and paused; the rest goes again."""
-        named = refused_topics(exc)
+        # topics named by an authorization error, and those a send failed on for no fault of its record
+        named = refused_topics(exc) | {m.topic for _, m, f in sent if isinstance(f, Failed) and not record_refused(f)}
         culprits: dict[int, tuple[Outgoing, Any]] = {}
         for h, m, f in sent:
             if record_refused(f):

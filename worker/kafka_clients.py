@@ -95,12 +95,19 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProdu
         "batch_size": 64 * 1024,
         "max_request_size": MAX_REQUEST_BYTES,
         "compression_type": None,
-        # send() blocks at most this long for metadata or buffer space (a broker outage): then
-        # the send fails, its partition is rewound and retried (worker/delivery.py)
-        "max_block_ms": 10_000,
+        # send() blocks at most this long for a topic's metadata: then the send fails, its
+        # partition is rewound and retried (worker/delivery.py), and the others flow on
+        "max_block_ms": settings.publish_block_ms,
+        # a worker never creates a topic by publishing to it (with the broker's defaults): a
+        # deleted output or dead-letter topic blocks its partitions until it is back
+        "allow_auto_create_topics": False,
     }
     cfg.update(overrides)
-    return KafkaProducer(**cfg)
+    producer = KafkaProducer(**cfg)
+    # kafka-python 3.0.12 does not hand allow_auto_create_topics to its cluster metadata, whose
+    # requests then ask the broker to create any topic they name: set it where it is read.
+    producer._metadata.config["allow_auto_create_topics"] = cfg["allow_auto_create_topics"]
+    return producer
 
 
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
@@ -131,6 +138,17 @@ def committed_with_metadata(consumer: KafkaConsumer, tps: set) -> dict[Any, tupl
         got = consumer.committed(tp, metadata=True)
         out[tp] = None if got is None else (got.offset, got.metadata or "")
     return out
+
+
+def topic_known(producer: KafkaProducer, topic: str) -> bool:
+    """Whether the producer has ``topic``'s metadata, without waiting; when not, it is asked for in
+    the background (the producer's sender thread), so a later call may say yes."""
+    if producer._metadata.partitions_for_topic(topic) is not None:
+        return True
+    producer._sender.add_topic(topic)
+    producer._metadata.request_update()
+    producer._sender.wakeup()
+    return False
 
 
 def coordinator_unknown(consumer: KafkaConsumer) -> bool:

@@ -18,7 +18,7 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
 from sentistream.worker import intake, kafka_clients
-from sentistream.worker.batching import Collector, CostModel, LatencyTarget
+from sentistream.worker.batching import Collector, CostModel, LatencyTarget, cut_by_size
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.control import ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
@@ -86,6 +86,7 @@ class Worker:
         self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
         self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
         self.chunk = settings.batch_size * POLL_BATCHES
+        self.piece_bytes = settings.max_in_flight_bytes // 4
         self.latency: LatencyTarget | None = None
         if settings.latency_target_ms:
             self.pipeline.cost = CostModel()
@@ -117,7 +118,8 @@ class Worker:
             stack.callback(producer.close, 30)
             shared = (self.consumer, producer, self.pipeline, self.metrics, self.health)
             if exactly_once:
-                self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine)
+                self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine,
+                                            max_transaction_bytes=s.max_in_flight_bytes)
             else:
                 self.delivery = AtLeastOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine,
                                             max_in_flight=s.max_in_flight_batches * self.chunk,
@@ -125,6 +127,7 @@ class Worker:
                                             commit_interval=s.commit_interval_ms / 1000)
             admin = kafka_clients.admin(s, bootstrap)
             try:
+                self._ensure_outputs(admin)
                 self.pipeline.fit_topics(kafka_clients.topic_max_bytes(admin, [s.output_topic, s.dlq_topic]))
                 self.control = self._open_control(admin, bootstrap, stack)
             finally:
@@ -175,6 +178,16 @@ class Worker:
         self._rewound(self.delivery.checkpoint())
         self._check_broker()
         self._report_lag()
+
+    def _ensure_outputs(self, admin) -> None:
+        """The output and dead-letter topics are created if missing (the worker's producer never
+        creates a topic by publishing to it); without the right to create topics, logged."""
+        s = self.settings
+        specs = kafka_clients.topic_specs(s)
+        try:
+            kafka_clients.ensure_topics(admin, {t: specs[t] for t in (s.output_topic, s.dlq_topic)})
+        except KafkaError as exc:
+            log.warning("cannot check or create topics %s and %s (%s)", s.output_topic, s.dlq_topic, one_line(exc))
 
     def _open_control(self, admin, bootstrap: str, stack: contextlib.ExitStack) -> ControlReader | None:
         """The control topic's reader (the topic is created if missing), after replaying what it
@@ -254,12 +267,23 @@ class Worker:
         Records of careful partitions go one at a time, after the rest (worker/quarantine.py)."""
         # Counted here, not at poll: records dropped on a revoke are counted once, by their new owner.
         self.metrics.consumed.inc(len(decoded))
-        together = [d for d in decoded if not d.deferred]
-        rewound = self.delivery.deliver(self.pipeline.handle(together)) if together else set()
+        rewound: set[TopicPartition] = set()
+        # in slices, so that what is built and sent at once stays within max_in_flight_bytes
+        for piece in cut_by_size([d for d in decoded if not d.deferred], self.piece_bytes, lambda d: d.size):
+            self._wait_for_room()
+            piece = [d for d in piece if partition_of(d.record) not in rewound]
+            rewound |= self.delivery.deliver(self.pipeline.handle(piece))
         for d in decoded:
             if d.deferred and partition_of(d.record) not in rewound:
                 rewound |= self._process_alone(d)
         self._rewound(rewound)
+
+    def _wait_for_room(self, limit_s: float = 10.0) -> None:
+        """At-least-once: let sends in flight settle (bounded) before more are built."""
+        deadline = time.monotonic() + limit_s
+        while not self.delivery.has_room() and time.monotonic() < deadline:
+            self.delivery.wait(0.2)
+            self._rewound(self.delivery.checkpoint())
 
     def _process_alone(self, d: Decoded) -> set[TopicPartition]:
         """One record of a careful partition: its note, then its work, settled before the next."""

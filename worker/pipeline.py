@@ -77,6 +77,7 @@ class Decoded:
     rejection: Rejection | None = None
     review: bool = False  # split into sentences: one review result follows its sentences' results
     deferred: bool = False  # not decoded yet: its partition is careful (worker/quarantine.py)
+    size: int = 0  # at least this many bytes of messages will come of it (output_floor)
 
     @property
     def weight(self) -> int:
@@ -162,7 +163,7 @@ class Pipeline:
         floor = output_floor(record, sentences, split)
         if floor > self.settings.max_output_bytes:
             return Decoded(record, [], self._too_large(record, floor))
-        return Decoded(record, sentences, review=split)
+        return Decoded(record, sentences, review=split, size=floor)
 
     def internal_error(self, record: RawRecord, exc: BaseException, stage: str) -> Rejection:
         r = record
