@@ -15,8 +15,10 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 # 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results;
-# 1.3: dead-letter reasons internal_error and crashed_worker
-CONTRACT_VERSION = "1.3"
+# 1.3: dead-letter reasons internal_error and crashed_worker; 1.4: dead letters name the source
+# record's timestamp, the group, the worker, the model, the exception type, and the replay count
+CONTRACT_VERSION = "1.4"
+REPLAY_COUNT = "sentistream-replay-count"
 HEADER_PREFIX = "sentistream-"
 
 
@@ -145,6 +147,16 @@ class Rejection:
     record: RawRecord
     reason: Reason
     detail: str
+    exception: str | None = None  # the exception's type, when one was raised
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who dead-letters: written onto every dead letter (contract 1.4)."""
+
+    group: str
+    worker: str  # host/pid
+    model: ModelRef
 
 
 def derived_id(record: RawRecord) -> str:
@@ -276,8 +288,9 @@ def result_headers(record: RawRecord, model: ModelRef, shadow: ModelRef | None =
     return _carried(record) + own
 
 
-def dead_letter_headers(rejection: Rejection, carried: bool = True) -> list[tuple[str, bytes]]:
-    """Ours (reason, detail, source coordinates), after the record's own headers when ``carried``."""
+def dead_letter_headers(rejection: Rejection, origin: Origin | None = None,
+                        carried: bool = True) -> list[tuple[str, bytes]]:
+    """Ours (docs/contract.md), after the record's own headers when ``carried``."""
     r = rejection.record
     own = [
         (f"{HEADER_PREFIX}dlq-reason", rejection.reason.value.encode()),
@@ -285,8 +298,28 @@ def dead_letter_headers(rejection: Rejection, carried: bool = True) -> list[tupl
         (f"{HEADER_PREFIX}source-topic", r.topic.encode()),
         (f"{HEADER_PREFIX}source-partition", str(r.partition).encode()),
         (f"{HEADER_PREFIX}source-offset", str(r.offset).encode()),
+        (f"{HEADER_PREFIX}source-timestamp", str(r.timestamp).encode()),
+        (REPLAY_COUNT, str(replay_count(r)).encode()),
+        (f"{HEADER_PREFIX}contract", CONTRACT_VERSION.encode()),
     ]
+    if origin is not None:
+        own += [(f"{HEADER_PREFIX}group", origin.group.encode("utf-8", "replace")),
+                (f"{HEADER_PREFIX}worker", origin.worker.encode("utf-8", "replace")),
+                (f"{HEADER_PREFIX}model", f"{origin.model.name}:{origin.model.version}".encode())]
+    if rejection.exception:
+        own.append((f"{HEADER_PREFIX}dlq-exception", rejection.exception.encode("utf-8", "replace")))
     return _carried(r) + own if carried else own
+
+
+def replay_count(record: RawRecord) -> int:
+    """How many times ``sentistream dlq replay`` has put this record back (its header; 0 if none)."""
+    for key, value in record.headers or []:
+        if key == REPLAY_COUNT:
+            try:
+                return max(0, int((value or b"0").decode("ascii")))
+            except (UnicodeDecodeError, ValueError):
+                return 0
+    return 0
 
 
 def _carried(record: RawRecord) -> list[tuple[str, bytes]]:

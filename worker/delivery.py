@@ -250,7 +250,7 @@ class _Delivery:
         if message.dead_letter:
             return self.pipeline.dead_letter(h.rejection, stub=True)  # type: ignore[arg-type]
         return self.pipeline.dead_letter(Rejection(h.record, Reason.PUBLISH_FAILED,
-                                                   f"{message.topic}: {_one_line(exc)}"))
+                                                   f"{message.topic}: {_one_line(exc)}", type(exc).__name__))
 
     # -- blocked partitions --------------------------------------------------------------------
     def _block(self, tp: TopicPartition, offset: int, topic: str, exc: BaseException) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from sentistream.worker.batching import CostModel, length_sorted_batches
 from sentistream.worker.contract import (
     HEADER_PREFIX,
     ModelRef,
+    Origin,
     RawRecord,
     Reason,
     Rejection,
@@ -124,6 +127,7 @@ class Pipeline:
         self.model = ModelRef(name=m.name, version=m.version)
         self.shadow: Shadow | None = None  # a candidate classifying every batch beside the bundle
         self.cost: CostModel | None = None  # set by a latency-target worker: learns from every batch
+        self.worker = f"{socket.gethostname()}/{os.getpid()}"  # named on dead letters
         self.result_limit = settings.max_result_bytes
         self.dead_letter_limit = kafka_clients.BROKER_DEFAULT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
 
@@ -169,7 +173,7 @@ class Pipeline:
         r = record
         log.error("%s[%d]@%d: %s raised %s; dead-lettering the record", r.topic, r.partition, r.offset, stage,
                   one_line(exc))
-        return Rejection(record, Reason.INTERNAL_ERROR, f"{stage}: {one_line(exc)}"[:300])
+        return Rejection(record, Reason.INTERNAL_ERROR, f"{stage}: {one_line(exc)}"[:300], type(exc).__name__)
 
     def _too_large(self, record: RawRecord, size: int) -> Rejection:
         return Rejection(record, Reason.RESULT_TOO_LARGE, f"its results take {size} bytes together (values, keys and "
@@ -215,7 +219,7 @@ class Pipeline:
             return self.dead_letter(d.rejection)
         error = next((o for o in mine if isinstance(o, BaseException)), None)
         if error is not None:
-            return self.dead_letter(Rejection(d.record, Reason.MODEL_ERROR, one_line(error)))
+            return self.dead_letter(Rejection(d.record, Reason.MODEL_ERROR, one_line(error), type(error).__name__))
         return self._results(d, mine, shadow)  # type: ignore[arg-type]
 
     def _shadow(self, sentences: list[Sentence], classified: list[Classified | BaseException]) -> ModelRef | None:
@@ -242,15 +246,18 @@ class Pipeline:
         was refused, or cannot even be built."""
         r = rejection.record
         full = None if stub else contained(lambda: self._full_dead_letter(rejection), lambda _exc: None)
-        own = [*dead_letter_headers(rejection, carried=False),
+        own = [*dead_letter_headers(rejection, self.origin(), carried=False),
                (f"{HEADER_PREFIX}dlq-stub", b"original key, value and headers left out")]
         message = full or Outgoing(self.settings.dlq_topic, None, b"", own, dead_letter=True, stub=True)
         return Handled(r, [message], rejection)
 
+    def origin(self) -> Origin:
+        return Origin(self.settings.group_id, self.worker, self.model)
+
     def _full_dead_letter(self, rejection: Rejection) -> Outgoing | None:
         """The record's key, value and headers plus ours; None when that is over the DLQ's limit."""
         r = rejection.record
-        headers = dead_letter_headers(rejection)
+        headers = dead_letter_headers(rejection, self.origin())
         # Kafka clients refuse a record with neither key nor value: a null value then goes as empty.
         value = r.value if r.value is not None or r.key is not None else b""
         if encoded_size(r.key, value, headers) > self.dead_letter_limit:
