@@ -39,11 +39,12 @@ def _settings(flags: dict[str, Any]):
 
 
 def _state(settings) -> State:
-    """What the control topic tells the workers: the fold of its commands (worker/control.py).
-    Records that hold no command, and commands whose bundle's manifest does not have the sha256
-    they name here, are left out, as the workers refuse them."""
+    """What the control topic tells the workers: the fold of its commands (worker/control.py),
+    leaving out what the workers refuse as far as this host can tell: records that hold no
+    command, commands whose bundle's manifest does not have the sha256 they name, and serving
+    commands with other labels (unless allow_label_change, the workers' setting, is set here too)."""
     from sentistream.worker import kafka_clients
-    from sentistream.worker.control import ControlReader, Refused, State, fold, read_command
+    from sentistream.worker.control import ControlReader, Refused, State, read_command
 
     bootstrap = kafka_clients.resolve_bootstrap(settings)
     admin = kafka_clients.admin(settings, bootstrap)
@@ -57,21 +58,28 @@ def _state(settings) -> State:
         backlog = ControlReader(consumer, settings.control_topic).backlog()
     finally:
         consumer.close()
-    commands = []
+    state = State()
     for record in backlog:
         with contextlib.suppress(Refused):
-            commands.append(read_command(record))
-    return fold(c for c in commands if _checks_out(c.command))
+            received = read_command(record)
+            labels = _labels_if_checks_out(received.command)
+            takes_labels = received.command.command == "shadow" or settings.allow_label_change
+            if labels is not None and (takes_labels or labels == _serving_labels(settings, state)):
+                state = state.then(received)
+    return state
 
 
-def _checks_out(command) -> bool:
-    """Whether the command's bundle, as this host sees it, has the manifest the command names."""
-    from sentistream.worker.bundle import BundleError, read_manifest_bytes, sha256_bytes
+def _labels_if_checks_out(command) -> list[str] | None:
+    """The labels of the command's bundle when, as this host sees it, its manifest has the sha256
+    the command names; else None."""
+    from sentistream.worker.bundle import BundleError, Manifest, read_manifest_bytes, sha256_bytes
 
     try:
-        return sha256_bytes(read_manifest_bytes(command.path)) == command.sha256
-    except BundleError:
-        return False
+        raw = read_manifest_bytes(command.path)
+        return list(Manifest.parse(raw, command.path / "manifest.json").labels) \
+            if sha256_bytes(raw) == command.sha256 else None
+    except (BundleError, OSError):
+        return None
 
 
 def _serving_labels(settings, state: State) -> list[str]:

@@ -133,20 +133,24 @@ class KafkaCluster:
         if errors or left:
             raise RuntimeError(f"confluent-kafka: {len(errors)} record(s) failed ({errors[:3]}), {left} undelivered")
 
-    def produce_kcat(self, topic: str, partition: int, value: bytes, headers: Iterable[str | bytes] = ()) -> None:
-        """One record written by kcat (librdkafka). Each header is kcat's ``-H`` argument:
+    def produce_kcat(self, topic: str, partition: int, value: bytes, headers: Iterable[str | bytes] = (),
+                     key: bytes | None = None) -> None:
+        """One record written by kcat (librdkafka), with ``key`` if given (a compacted topic takes no
+        record without one). Each header is kcat's ``-H`` argument:
         ``"name=value"``; ``"name"`` (no ``=``) has a NULL value; bytes reach kcat untouched, so
         ``b"\\xff\\xfe=v"`` is a header whose key is not UTF-8 (kafka-python's consumer then raises
         CorruptRecordError in poll). kcat cannot write an empty value: it skips empty input."""
         if not value:
             raise ValueError("kcat skips empty input: use produce_foreign for an empty value")
         assert shutil.which("kcat"), "kcat is not installed: run `make tools` (deploy/tools.sh)"
-        # kcat splits stdin at a delimiter (default newline): pick one the value does not contain
-        delimiter = uuid.uuid4().hex
-        while delimiter.encode() in value:
-            delimiter = uuid.uuid4().hex
+        # kcat splits stdin at a delimiter (default newline), and a key from its value at another:
+        # pick ones the record does not contain
+        delimiter, key_delimiter = _absent_from(value + (key or b"")), _absent_from(value + (key or b""))
         cmd: list[str | bytes] = ["kcat", "-P", "-b", self.bootstrap, "-t", topic, "-p", str(partition),
                                   "-D", delimiter]
+        if key is not None:
+            cmd += ["-K", key_delimiter]
+            value = key + key_delimiter.encode() + value
         for header in headers:
             cmd += ["-H", header]
         result = subprocess.run(cmd, input=value, capture_output=True, timeout=30, check=False)
@@ -238,6 +242,12 @@ class KafkaCluster:
         finally:
             admin.close()
         return True
+
+
+def _absent_from(data: bytes) -> str:
+    while (delimiter := uuid.uuid4().hex).encode() in data:
+        pass
+    return delimiter
 
 
 def _committed(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]:

@@ -95,7 +95,7 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 def check_file_name(name: str) -> str:
     """A manifest's file name: a plain name of a file directly inside the bundle directory."""
-    if name in ("", ".", "..", MANIFEST) or any(c in name for c in "/\\\0"):
+    if name in ("", ".", "..", MANIFEST) or any(c in name for c in "/\\\0") or len(name.encode()) > 255:
         raise ValueError(f"{name[:100]!r} is not the plain name of a file inside the bundle")
     return name
 
@@ -190,9 +190,13 @@ class Manifest(BaseModel):
 
 def read_manifest_bytes(bundle_dir: Path) -> bytes:
     path = bundle_dir / MANIFEST
-    if not bundle_dir.is_dir():
+    try:
+        found = bundle_dir.is_dir(), path.exists()
+    except OSError as exc:  # e.g. a name too long
+        raise BundleError(f"bundle directory {str(bundle_dir)[:300]}: {exc.strerror or exc}") from exc
+    if not found[0]:
         raise BundleError(f"bundle directory {bundle_dir} does not exist")
-    if not path.exists():
+    if not found[1]:
         raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
     return read_regular(path, MAX_MANIFEST_BYTES)
 
@@ -325,7 +329,7 @@ class Bundle:
         blobs = {}
         for name in names:
             file = self.path / name
-            if not file.exists():
+            if not os.path.lexists(file):
                 raise BundleError(f"bundle file {file} is missing")
             data = read_regular(file, MAX_FILE_BYTES)
             expected = self.manifest.files[name]
