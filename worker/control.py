@@ -141,6 +141,46 @@ class Received:
     command: Command
 
 
+# Records that are not model commands. ``dlq-resume``: every running worker closes its dead-letter
+# breaker (worker/breaker.py; a starting worker's is closed anyway, so replay skips it).
+# ``audit:…``: a record of what an operator did (``sentistream dlq replay``), for people to read.
+DLQ_RESUME_KEY = b"dlq-resume"
+AUDIT_KEY_PREFIX = b"audit:"
+
+
+class Resume(BaseModel):
+    """``sentistream dlq resume``: close the dead-letter breaker on every worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: Literal["dlq-resume"] = "dlq-resume"
+    issued_at: float = Field(default_factory=time.time)
+    issued_by: str = ""
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return DLQ_RESUME_KEY, self.model_dump_json().encode()
+
+
+def kind(record: ControlRecord) -> Literal["model", "dlq-resume", "audit"]:
+    """What a control record is, by its key."""
+    if record.key == DLQ_RESUME_KEY:
+        return "dlq-resume"
+    if record.key is not None and record.key.startswith(AUDIT_KEY_PREFIX):
+        return "audit"
+    return "model"
+
+
+def read_resume(record: ControlRecord) -> Resume:
+    """The record's resume command; Refused when it holds none."""
+    if record.value is None or len(record.value) > MAX_VALUE_BYTES:
+        raise Refused("invalid_command", "not a dlq-resume command (no value, or too large)")
+    try:
+        return Resume.model_validate_json(record.value)
+    except ValidationError as exc:
+        raise Refused("invalid_command", f"not a dlq-resume command: {exc.errors(include_url=False)[0]['msg']}"
+                      [:300]) from None
+
+
 def read_command(record: ControlRecord) -> Received:
     """The record's command; Refused when it holds none."""
     if record.unreadable is not None:

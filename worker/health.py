@@ -2,7 +2,7 @@
 
 Live: the loop has turned within ``stall_after_s`` (a loop stuck in a call never turns).
 Ready: the loop runs and no problem holds. Problems are short codes with a detail line
-(``starting``, ``broker_unreachable``, ``publish_blocked``, ``stopping``); the body of a 503
+(``starting``, ``broker_unreachable``, ``publish_blocked``, ``dlq_breaker``, ``stopping``); the body of a 503
 lists them, and the metric ``sentistream_worker_problem{problem}`` shows them too.
 """
 
@@ -15,7 +15,8 @@ STARTING = "starting"
 BROKER_UNREACHABLE = "broker_unreachable"
 PUBLISH_BLOCKED = "publish_blocked"
 STOPPING = "stopping"
-PROBLEMS = (STARTING, BROKER_UNREACHABLE, PUBLISH_BLOCKED, STOPPING)
+DLQ_BREAKER = "dlq_breaker"
+PROBLEMS = (STARTING, BROKER_UNREACHABLE, PUBLISH_BLOCKED, DLQ_BREAKER, STOPPING)
 
 
 class Health:

@@ -19,14 +19,15 @@ from kafka.errors import KafkaError
 
 from sentistream.worker import intake, kafka_clients
 from sentistream.worker.batching import Collector, CostModel, LatencyTarget, cut_by_size
+from sentistream.worker.breaker import Breaker, Trip
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.control import ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
 from sentistream.worker.faults import one_line
-from sentistream.worker.health import BROKER_UNREACHABLE, STARTING, STOPPING, Health
+from sentistream.worker.health import BROKER_UNREACHABLE, DLQ_BREAKER, STARTING, STOPPING, Health
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.model_ops import ModelOps
-from sentistream.worker.pipeline import Decoded, Pipeline
+from sentistream.worker.pipeline import Decoded, Handled, Pipeline
 from sentistream.worker.quarantine import Quarantine
 from sentistream.worker.settings import Settings
 
@@ -78,7 +79,8 @@ class Worker:
 
             splitter = make_splitter()
         self.pipeline = Pipeline(settings, self.bundle, metrics, splitter)
-        self.ops = ModelOps(settings, self.pipeline, metrics)
+        self.ops = ModelOps(settings, self.pipeline, metrics,
+                            on_resume=lambda resume: self.close_breaker(f"dlq resume by {resume.issued_by or '?'}"))
         if settings.shadow_bundle is not None:
             self.ops.start_shadow(settings.shadow_bundle)
         self.control: ControlReader | None = None
@@ -99,6 +101,8 @@ class Worker:
         # a note every NOTE_BATCHES batches' worth of records per partition (worker/quarantine.py)
         self.quarantine = Quarantine(settings.max_record_attempts, self.chunk * NOTE_BATCHES, self._commit_notes)
         self._notes_unread: set[TopicPartition] = set()
+        self.breaker = Breaker(settings.dlq_max_ratio, settings.dlq_window, settings.dlq_max_consecutive)
+        self._served = self.pipeline.model
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -219,6 +223,9 @@ class Worker:
                 log.warning("control topic %s cannot be read (%s); retrying in %.0f s", self.control.topic,
                             one_line(exc), CONTROL_RETRY_S)
         self.ops.check_rule()
+        if self.pipeline.model != self._served:  # a new model: the breaker judges it afresh
+            self._served = self.pipeline.model
+            self.close_breaker(f"now serving {self._served.name} {self._served.version}")
 
     def _cut(self) -> int:
         """How much (in sentences) to classify now: up to POLL_BATCHES batches, or what the
@@ -272,11 +279,51 @@ class Worker:
         for piece in cut_by_size([d for d in decoded if not d.deferred], self.piece_bytes, lambda d: d.size):
             self._wait_for_room()
             piece = [d for d in piece if partition_of(d.record) not in rewound]
-            rewound |= self.delivery.deliver(self.pipeline.handle(piece))
+            rewound |= self._deliver(self.pipeline.handle(piece))
         for d in decoded:
             if d.deferred and partition_of(d.record) not in rewound:
                 rewound |= self._process_alone(d)
         self._rewound(rewound)
+
+    def _deliver(self, handled: list[Handled]) -> set[TopicPartition]:
+        """Publish what the dead-letter breaker admits; hold back the partitions it opens on."""
+        admitted, tripped = self.breaker.admit(handled)
+        rewound = self.delivery.deliver(admitted) if admitted else set()
+        for trip in tripped:
+            self._hold(trip)
+            rewound.add(trip.partition)
+        return rewound
+
+    def _hold(self, trip: Trip) -> None:
+        tp = trip.partition
+        with contextlib.suppress(Exception):  # not assigned any more: its new owner judges afresh
+            self.consumer.seek(tp, trip.offset)
+            self.consumer.pause(tp)
+        self.metrics.breaker_trips.inc()
+        log.error("%s[%d]@%d: dead-letter breaker open: %s; partition paused (sentistream dlq resume, or a new model, "
+                  "resumes it)", tp.topic, tp.partition, trip.offset, trip.why)
+        self._breaker_health()
+
+    def _breaker_health(self) -> None:
+        held = {tp: t for tp, t in self.breaker.open.items() if tp in self.assignment}
+        self.metrics.breaker_open.set(len(held))
+        if held:
+            self.health.set(DLQ_BREAKER, "; ".join(f"{tp.topic}[{tp.partition}]@{t.offset}: {t.why}"
+                                                   for tp, t in sorted(held.items())))
+        else:
+            self.health.clear(DLQ_BREAKER)
+
+    def close_breaker(self, why: str) -> None:
+        """Every partition the breaker holds flows again (``dlq resume``, a new model)."""
+        opened = self.breaker.reset()
+        for tp in opened:
+            if tp in self.assignment and tp not in self.delivery.blocked:
+                with contextlib.suppress(Exception):
+                    self.consumer.resume(tp)
+        if opened:
+            log.warning("dead-letter breaker closed (%s): %s resume", why,
+                        sorted((tp.topic, tp.partition) for tp in opened))
+        self._breaker_health()
 
     def _wait_for_room(self, limit_s: float = 10.0) -> None:
         """At-least-once: let sends in flight settle (bounded) before more are built."""
@@ -300,7 +347,7 @@ class Worker:
         else:
             self.metrics.tried_alone.inc()
             handled = self.pipeline.handle([self.pipeline.decode(d.record)])
-        return self.delivery.deliver(handled) | self.delivery.settle(tp)
+        return self._deliver(handled) | self.delivery.settle(tp)
 
     def _commit_notes(self, notes: dict[TopicPartition, tuple[int, str]], blocking: bool = True) -> None:
         offsets = {tp: OffsetAndMetadata(offset, note, -1) for tp, (offset, note) in notes.items()}
@@ -382,6 +429,9 @@ class Worker:
         self.assignment |= assigned
         self.metrics.assigned.set(len(self.assignment))
         self.delivery.assigned(assigned)
+        for tp in assigned & set(self.breaker.open):  # handed straight back: still held
+            self.consumer.pause(tp)
+        self._breaker_health()
         self._notes_unread |= assigned  # read before their records are decoded (no blocking call in here)
         self.health.clear(STARTING)
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))

@@ -69,6 +69,11 @@ class WorkerMetrics:
             "time.monotonic() of the run loop's last turn: one clock for all processes of a host (Linux), "
             "untouched by wall-clock steps; the supervisor's start-up and stall checks read it.",
             registry=r, multiprocess_mode="liveall")
+        self.breaker_open = Gauge("sentistream_dlq_breaker_open_partitions", "Partitions paused by the dead-letter "
+                                  "breaker (worker/breaker.py) until `sentistream dlq resume` or a new model.",
+                                  registry=r, multiprocess_mode="livesum")
+        self.breaker_trips = Counter("sentistream_dlq_breaker_trips_total", "Times the dead-letter breaker opened "
+                                     "on a partition.", registry=r)
         self.tried_alone = Counter("sentistream_records_tried_alone_total", "Records processed one at a time "
                                    "because their partition came from a worker that died (worker/quarantine.py)",
                                    registry=r)

@@ -40,10 +40,13 @@ from sentistream.worker.control import (
     ControlRecord,
     Received,
     Refused,
+    Resume,
     State,
     fold,
+    kind,
     locate,
     read_command,
+    read_resume,
 )
 from sentistream.worker.faults import contained, kept, one_line
 from sentistream.worker.shadow import Shadow
@@ -84,7 +87,9 @@ class _Plan:
 class ModelOps:
     """Which bundle serves, which one shadows it, and the moves between them."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics,
+                 on_resume: Callable[[Resume], None] = lambda _resume: None) -> None:
+        self.on_resume = on_resume  # `sentistream dlq resume`: the run loop closes its breaker
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
@@ -131,13 +136,23 @@ class ModelOps:
 
     def handle(self, record: ControlRecord) -> bool:
         """Carry out one control record (True), or refuse it and change nothing (False)."""
-        return self._guarded(record.where, lambda: self._realize(self.state.then(read_command(record))))
+        return self._guarded(record.where, lambda: self._carry_out(record))
+
+    def _carry_out(self, record: ControlRecord) -> None:
+        what = kind(record)
+        if what == "dlq-resume":
+            self.on_resume(read_resume(record))
+        elif what == "model":
+            self._realize(self.state.then(read_command(record)))
+        # "audit": a record for people to read
 
     def replay(self, records: list[ControlRecord]) -> None:
         """A starting worker reaches the state the backlog leads to: the fold of its commands,
         those whose bundle cannot be had refused and left out."""
         commands: list[Received] = []
         for record in records:
+            if contained(lambda record=record: kind(record) != "model", lambda _exc: False):
+                continue  # a starting worker's breaker is closed; audit records are for people
             self._guarded(record.where, lambda record=record: commands.append(read_command(record)) or True)
         while commands:
             try:
