@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from sentistream.cli.dlq_cmd import dlq_app
 from sentistream.cli.flags import with_settings_flags
 from sentistream.cli.model import model_app
 from sentistream.worker.errors import UserError
@@ -25,6 +26,7 @@ topics_app = typer.Typer(no_args_is_help=True, help="Create and describe the pro
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="model")
+app.add_typer(dlq_app, name="dlq")
 
 BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="host:port[,host:port]; "
                          "default: KAFKA_BOOTSTRAP_SERVERS, else the local broker")]
