@@ -268,3 +268,25 @@ def _report_text(report: Report) -> str:
     return (f"job {report.job}: replayed {replayed}, parked {report.parked} (by reason: {_counts(report.by_reason)}; "
             f"by target: {_counts(targets)}); {report.plan.already} already handled by earlier jobs; "
             f"{report.sent} record(s) in {report.seconds:.1f} s ({report.rate:.0f}/s)")
+
+
+# -- resume --------------------------------------------------------------------------------------
+@dlq_app.command("resume")
+@with_settings_flags(DLQ_SETTINGS)
+def resume_cmd(**flags: Any) -> None:
+    """Close the dead-letter breaker on every worker of the group (a dlq-resume record on the
+    control topic; each running worker resumes the partitions its breaker held)."""
+    import getpass
+    import socket
+
+    from sentistream.worker import kafka_clients
+    from sentistream.worker.control import Resume
+
+    settings = _settings(flags)
+    key, value = Resume(issued_by=f"{getpass.getuser()}@{socket.gethostname()}").encode()
+    producer = kafka_clients.producer(settings, kafka_clients.resolve_bootstrap(settings))
+    try:
+        producer.send(settings.control_topic, key=key, value=value).get(30)
+    finally:
+        producer.close()
+    _echo(f"dlq resume written to {settings.control_topic}: every worker's dead-letter breaker closes")

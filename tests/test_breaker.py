@@ -3,6 +3,8 @@ within the window; ordinary bad records never open it; resume closes it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import namedtuple
 
@@ -11,7 +13,6 @@ from kafka import TopicPartition
 
 from sentistream.worker.breaker import Breaker
 from sentistream.worker.contract import Reason, Rejection
-from sentistream.worker.control import Resume
 from sentistream.worker.pipeline import Handled
 from tests.cluster import ForeignRecord
 from tests.workers import WorkerProcess
@@ -70,10 +71,10 @@ def test_on_the_real_broker_a_bad_stream_trips_it_and_dlq_resume_resumes(kafka, 
         dlq = kafka.collect([s.dlq_topic], 0, timeout=3)
         assert len(dlq) == 19, "dead letters beyond the breaker's cap"
         assert w.metric("sentistream_dlq_breaker_open_partitions") == 1
-        producer = kafka.producer()
-        key, value = Resume(issued_by="test").encode()
-        producer.send(s.control_topic, key=key, value=value).get(10)
-        producer.close()
+        resume = subprocess.run([sys.executable, "-m", "sentistream.cli", "dlq", "resume", "--bootstrap",
+                                 kafka.bootstrap, "--control-topic", s.control_topic],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert resume.returncode == 0, resume.stderr
         while w.get("/readyz")[0] != 200 and time.monotonic() - started < 30:
             time.sleep(0.2)
         reopened = kafka.collect([s.dlq_topic], 0, timeout=5)
