@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
     dlq_window: int = Field(default=1000, ge=0, description="dead-letter breaker: per partition, over this many "
                             "records; 0 turns the breaker off")
-    dlq_max_ratio: float = Field(default=0.5, gt=0, le=1, description="dead-letter breaker: opens when this share "
+    dlq_max_ratio: float = Field(default=0.9, gt=0, le=1, description="dead-letter breaker: opens when this share "
                                  "of a full window is dead letters (a bad deploy), and pauses the partition")
     dlq_max_consecutive: int = Field(default=500, ge=0, description="dead-letter breaker: opens after this many "
                                      "dead letters in a row; 0: no such cap")
