@@ -103,10 +103,10 @@ class Entry:
     handled: Handled
     futures: list = field(default_factory=list)
     sent_at: float = 0.0
+    size: int = field(init=False)  # its messages' bytes, counted once (has_room reads it every turn)
 
-    @property
-    def size(self) -> int:
-        return sum(encoded_size(m.key, m.value, m.headers) for m in self.handled.messages)
+    def __post_init__(self) -> None:
+        self.size = sum(encoded_size(m.key, m.value, m.headers) for m in self.handled.messages)
 
     @property
     def offset(self) -> int:
