@@ -215,7 +215,7 @@ def _replay(settings: Settings, opts: Any, quiet: bool) -> Report:
     from sentistream.cli.dlq_jobs import ReplayBusy
     from sentistream.cli.dlq_replay import run_replay
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # restored below: CliRunner runs this inside a test process
     progress = Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=Console(stderr=True), disable=quiet)
     task = progress.add_task("replay", total=None, start=False)
@@ -238,6 +238,7 @@ def _replay(settings: Settings, opts: Any, quiet: bool) -> Report:
         raise typer.Exit(130) from None
     finally:
         progress.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

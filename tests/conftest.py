@@ -106,3 +106,16 @@ def topics(settings_for, kafka: KafkaCluster) -> Iterator:
 
     yield make
     kafka.delete_topics(created)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_are_left_as_found() -> Iterator[None]:
+    """A test that runs a command in-process must not leave its signal handlers behind: a child
+    forked later inherits them (a SIGTERM handler left by ``dlq replay`` once kept a supervisor
+    test's child from dying on SIGTERM)."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    after = {sig: signal.getsignal(sig) for sig in before}
+    assert after == before, f"signal handlers changed by this test: {before} -> {after}"

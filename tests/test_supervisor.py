@@ -127,6 +127,7 @@ def _until_sigterm() -> None:
 
 
 def _sleep_forever() -> None:  # SIGTERM's default action: a child that has not installed its handler yet
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child inherits whatever an earlier test installed
     while True:
         time.sleep(1)
 
