@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from sentistream.bench.run import Topics
+from sentistream.broker.local import free_port
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import free_port
 from sentistream.cli.scrape import wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.bundle import Manifest, staged_bundle

@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from sentistream.broker.local import LocalCluster, free_port
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import LocalCluster, free_port
 from sentistream.cli.scrape import quantile, scrape, wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.batching import length_sorted_batches

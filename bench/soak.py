@@ -37,8 +37,8 @@ from typing import Any
 from kafka import TopicPartition
 
 from sentistream.bench.streams import Feeder, Monitor
+from sentistream.broker.local import free_port
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import free_port
 from sentistream.cli.scrape import wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.lag import LagMonitor
@@ -444,7 +444,7 @@ def plot(samples: list[dict[str, Any]], lat_windows: list[tuple[float, int, floa
 def soak_broker(settings: Settings) -> Iterator[Settings]:
     """``settings`` as they are when they name a cluster; else (as ``bench`` does) a broker of the
     soak's own under ``home/soak-broker`` on a free port, stopped and wiped at the end."""
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
 
     if settings.bootstrap_servers:
         yield settings

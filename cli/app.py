@@ -17,7 +17,7 @@ from sentistream.worker.errors import UserError
 from sentistream.worker.settings import Settings
 
 if TYPE_CHECKING:
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Streaming sentence classifier on Kafka.")
@@ -45,7 +45,7 @@ def client_settings(**flags: Any) -> Settings:
     local broker that `sentistream broker up` started (if one runs) is the one. On a TLS or SASL
     cluster, a pre-flight turns an untrusted certificate or a wrong password into one plain line
     at once (kafka-python alone retries for 30 s, then says "Unable to bootstrap")."""
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
     from sentistream.worker.kafka_clients import preflight
 
     settings = make_settings(**flags)
@@ -76,7 +76,7 @@ def broker_up(
 
     With 3 or more nodes, topics are replicated 3 times with min.insync.replicas 2 (so are the
     offsets and transaction logs): a crashed node loses no acknowledged write."""
-    from sentistream.cli.local_kafka import SECURITY_MODES, LocalCluster
+    from sentistream.broker.local import SECURITY_MODES, LocalCluster
 
     if security not in SECURITY_MODES:
         raise UserError(f"--security {security}: one of {', '.join(SECURITY_MODES)}")
@@ -107,7 +107,7 @@ def broker_down(
     keep_data: Annotated[bool, typer.Option(help="keep topics and offsets for the next up")] = False,
 ) -> None:
     """Stop the local broker and (unless --keep-data) remove its data."""
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
 
     stopped = LocalCluster(make_settings().home).down(wipe=not keep_data)
     _echo("local broker stopped" if stopped else "no local broker was running")
@@ -116,7 +116,7 @@ def broker_down(
 @broker_app.command("status")
 def broker_status() -> None:
     """Say whether a broker answers, and where."""
-    from sentistream.cli.local_kafka import LocalCluster, live_broker_ids
+    from sentistream.broker.local import LocalCluster, live_broker_ids
     from sentistream.worker.kafka_clients import brokers_answering
 
     settings = make_settings()
@@ -145,7 +145,7 @@ NodesOpt = Annotated[list[int], typer.Option("--node", help="node number, 1..N (
 
 
 def _local_cluster() -> LocalCluster:
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
 
     return LocalCluster(make_settings().home)
 
@@ -206,7 +206,7 @@ def broker_logs(
     node: Annotated[int, typer.Option(min=1, help="which node")] = 1,
 ) -> None:
     """Print the end of a local node's log."""
-    from sentistream.cli.local_kafka import LocalCluster
+    from sentistream.broker.local import LocalCluster
 
     path = LocalCluster(make_settings().home).node_log(node - 1)
     if not path.exists():
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     from kafka.errors import KafkaError
 
-    from sentistream.cli.local_kafka import BrokerError
+    from sentistream.broker.local import BrokerError
     from sentistream.worker.bundle import BundleError
     from sentistream.worker.kafka_clients import NoBrokerConfigured
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sentistream.broker.local import LocalCluster, free_port
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import LocalCluster, free_port
 from sentistream.cli.scrape import quantile, scrape, wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.settings import Settings

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.cli.local_kafka import KAFKA_VERSION, LocalCluster
+from sentistream.broker.local import KAFKA_VERSION, LocalCluster
 from sentistream.worker.settings import Settings, default_home
 from tests.cluster import KafkaCluster
 

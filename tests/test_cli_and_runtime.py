@@ -20,7 +20,8 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 RUNTIME = Path(__file__).resolve().parents[1] / "worker"
-ABOVE_THE_RUNTIME = ("sentistream.export", "sentistream.bench", "sentistream.cli", "torch", "transformers")
+ABOVE_THE_RUNTIME = ("sentistream.export", "sentistream.bench", "sentistream.cli", "sentistream.broker", "torch",
+                     "transformers")
 
 
 def _imports(path: Path) -> set[str]:

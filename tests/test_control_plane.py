@@ -28,7 +28,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ACL, ACLOperation, ACLPermissionType, ScramMechanism, UserScramCredentialUpsertion
 from kafka.errors import TopicAuthorizationFailedError
 
-from sentistream.cli.local_kafka import CLIENT_USER, KAFKA_VERSION, SCRAM_MECHANISM, LocalCluster, provision_jars
+from sentistream.broker.local import CLIENT_USER, KAFKA_VERSION, SCRAM_MECHANISM, LocalCluster, provision_jars
 from sentistream.cli.model import write
 from sentistream.worker import kafka_clients
 from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.cli.local_kafka import LocalCluster
+from sentistream.broker.local import LocalCluster
 from sentistream.worker.settings import Settings, default_home
 from tests.cluster import KafkaCluster
 from tests.streams import FRESH_TIMEOUT_S, Figures, Keeper, Stream, finish

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from sentistream.cli.local_kafka import LocalCluster, live_broker_ids
+from sentistream.broker.local import LocalCluster, live_broker_ids
 from sentistream.worker import kafka_clients
 from sentistream.worker.settings import Settings, default_home
 from tests.cluster import KafkaCluster

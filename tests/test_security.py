@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from sentistream.broker.local import KAFKA_VERSION, LocalCluster, provision_jars
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import KAFKA_VERSION, LocalCluster, provision_jars
 from sentistream.worker.settings import Settings, default_home
 from tests.workers import REPO, WorkerProcess
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentistream.cli.local_kafka import free_port
+from sentistream.broker.local import free_port
 from sentistream.worker.bundle import default_bundle_path
 from tests.cluster import KafkaCluster
 from tests.test_deploy import DEPLOY, tool

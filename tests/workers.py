@@ -11,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentistream.broker.local import free_port
 from sentistream.cli.flags import worker_command
-from sentistream.cli.local_kafka import free_port
 from sentistream.cli.scrape import scrape
 from sentistream.worker.settings import Settings
 

@@ -1,6 +1,6 @@
 """A real Apache Kafka (KRaft) on loopback for the demo, the tests and CI. Tooling only.
 
-Jars come from Maven Central through ``cli/kafka/pom.xml`` (package data) (cached under the home dir and in
+Jars come from Maven Central through ``broker/kafka/pom.xml`` (package data) (cached under the home dir and in
 Maven's local repository); nodes run with ``java`` as detached processes; everything a cluster
 owns (config, data, logs, pids) lives in one data directory. The run loop never imports this.
 """
