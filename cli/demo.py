@@ -1,5 +1,5 @@
 """``sentistream demo``: broker (started if none), topics, 2 workers, a review, a table, figures,
-and a live model swap (a candidate as shadow, its agreement, then promoted without a restart)."""
+and a live model swap (two candidates as shadows: the workers' rule refuses one and promotes the other)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ REVIEW = (
     "Still, I would not watch it twice."
 )
 BURST = 2000
-SHADOWED = 300  # sentences the demo's shadow compares before its promotion
+SHADOWED = 100  # sentences the demo sends to a shadow at a time
+SWAP_WHEN = f"agreement>=0.97,after={SHADOWED}"  # per process: a candidate must agree on 97 %
 
 
 def _collect(consumer, want: set[str], timeout: float = 60) -> dict[str, dict]:
@@ -99,7 +100,7 @@ def _run_demo(settings: Settings, console: Console, bundles: Path) -> int:
         port = settings.metrics_port or free_port()
         url = f"http://127.0.0.1:{port}/metrics"
         cmd = worker_command(settings, bootstrap_servers=bootstrap, processes=2, split_sentences=True,
-                             metrics_port=port, log_level="ERROR",
+                             metrics_port=port, log_level="ERROR", swap_when=SWAP_WHEN,
                              bundle_roots=f"{default_bundle_path().parent}:{bundles}")
         console.print("Starting 2 worker processes (one consumer group)…")
         workers = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -164,7 +165,7 @@ def _run_demo(settings: Settings, console: Console, bundles: Path) -> int:
         if p50 is not None:
             console.print(f"  end-to-end latency under this burst (record timestamp → result acked): "
                           f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (from the histogram)")
-        code = _swap(settings, url, producer, consumer, sentences, run, console, bundles / "sst5-minilm-8tok")
+        code = _swap(settings, url, producer, consumer, sentences, run, console, bundles)
         producer.close()
         consumer.close()
         return code
@@ -183,17 +184,20 @@ def _run_demo(settings: Settings, console: Console, bundles: Path) -> int:
 
 
 
-def _candidate(out: Path) -> Path:
-    """A candidate bundle for the demo: the shipped model under version 1.0.0-8tok, reading only
-    its first 8 tokens (so it disagrees on longer sentences)."""
+def _candidate(out: Path, max_length: int) -> Path:
+    """A candidate bundle for the demo: the shipped model under version ``<version>-<n>tok``, reading
+    at most ``max_length`` tokens (8: it disagrees on longer sentences; 128: it agrees on all of the
+    demo's, which are shorter than the shipped 64)."""
     from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path
 
     src = default_bundle_path()
+    shipped = Manifest.read(src)
+    out = out / f"{shipped.name}-{max_length}tok"
     out.mkdir(parents=True)
     for f in src.iterdir():
         if f.is_file() and f.name != MANIFEST:
             shutil.copy2(f, out / f.name)
-    manifest = Manifest.read(src).model_copy(update={"version": "1.0.0-8tok", "max_length": 8})
+    manifest = shipped.model_copy(update={"version": f"{shipped.version}-{max_length}tok", "max_length": max_length})
     manifest.rehashed(out).write(out)
     return out
 
@@ -209,27 +213,48 @@ def _wait_for(url: str, done, timeout: float = 90) -> bool:
 
 def _swap(settings: Settings, url: str, producer, consumer, sentences: list[str], run: str, console: Console,
           out: Path) -> int:
-    """Shadow a candidate through the control topic, show its agreement, promote it, and show
-    results of the new version."""
+    """What an operator does with candidates: each runs as a shadow; the workers' rule (SWAP_WHEN)
+    promotes only one that agrees with the serving model; the results then carry its version."""
     from sentistream.cli.model import write
     from sentistream.cli.top import shadow_summary
+    from sentistream.worker.bundle import Manifest
 
-    console.print("Live model swap (no restart): a candidate beside the serving model, then promoted…")
-    candidate = _candidate(out)
-    console.print("  " + write(settings, "shadow", candidate))
+    console.print(f"Live model swap (no restart), by the workers' rule --swap-when {SWAP_WHEN}:")
+    sent = 0
+
+    def feed(count: int) -> None:
+        nonlocal sent
+        for i in range(sent, sent + count):  # many keys: every partition, so every process, compares
+            producer.send(settings.input_topic, key=str(i % 64).encode(),
+                          value=json.dumps({"id": f"shadowed-{run}-{i}", "text": sentences[i % len(sentences)]}).encode())
+        producer.flush()
+        sent += count
+
+    def promoted() -> bool:
+        return scrape(url).total("sentistream_model_swaps_total", command="auto") >= 2  # both processes
+
+    weak = _candidate(out, max_length=8)
+    console.print("  " + write(settings, "shadow", weak))
     if not _wait_for(url, lambda s: s.total("sentistream_shadow_info") >= 1):  # livemax over processes
         console.print("[red]the workers did not start the shadow[/red]")
         return 1
-    for i in range(SHADOWED):
-        producer.send(settings.input_topic, key=str(i % 16).encode(),
-                      value=json.dumps({"id": f"shadowed-{run}-{i}", "text": sentences[i % len(sentences)]}).encode())
-    producer.flush()
-    _wait_for(url, lambda s: s.total("sentistream_shadow_predictions_total") >= SHADOWED)
-    console.print(f"  shadow agreement with the serving model: [bold]{shadow_summary(scrape(url))}[/bold]")
-    console.print("  " + write(settings, "promote", candidate))
-    if not _wait_for(url, lambda s: s.total("sentistream_model_swaps_total", command="promote") >= 2):
-        console.print("[red]the workers did not promote the candidate[/red]")
+    feed(3 * SHADOWED)
+    _wait_for(url, lambda s: s.total("sentistream_shadow_predictions_total") >= 3 * SHADOWED)
+    console.print(f"  {shadow_summary(scrape(url))}: "
+                  + ("[red]promoted[/red]" if promoted() else "[bold]not promoted[/bold] (below the rule)"))
+    if promoted():
         return 1
+    good = _candidate(out, max_length=128)
+    console.print("  " + write(settings, "shadow", good))
+    started = sent
+    while not promoted() and sent - started < 10 * SHADOWED:
+        feed(SHADOWED)
+        _wait_for(url, lambda s: promoted(), timeout=10)
+    if not promoted():
+        console.print(f"[red]the workers did not promote {good.name}[/red]")
+        return 1
+    console.print(f"  {Manifest.read(good).version} met the rule in both processes after {sent - started} sentences: "
+                  "[bold]promoted by the workers[/bold]")
     ids = [f"after-{run}-{i}" for i in range(len(sentences))]
     for sid, text in zip(ids, sentences, strict=True):
         producer.send(settings.input_topic, key=b"after", value=json.dumps({"id": sid, "text": text}).encode())
@@ -239,4 +264,4 @@ def _swap(settings: Settings, url: str, producer, consumer, sentences: list[str]
     versions = sorted({r["model"]["version"] for r in rows})
     console.print(_table(f"The same sentences after the swap: model version {', '.join(versions)}", rows,
                          list(rows[0]["scores"]) if rows else []))
-    return 0 if len(rows) == len(ids) and versions == ["1.0.0-8tok"] else 1
+    return 0 if len(rows) == len(ids) and versions == [Manifest.read(good).version] else 1
