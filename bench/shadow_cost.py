@@ -34,7 +34,7 @@ def sentences_per_cpu_second(with_shadow: bool, recs: list[Rec]) -> float:
     metrics = WorkerMetrics(None)
     pipeline = Pipeline(Settings(), Bundle(default_bundle_path()), metrics)
     if with_shadow:
-        pipeline.shadow = Shadow.load(default_bundle_path(), metrics, 32)
+        pipeline.set_shadow(Shadow.load(default_bundle_path(), metrics, 32))
     pipeline.handle([pipeline.decode(r) for r in recs[:64]])  # warm up
     started = time.process_time()
     for i in range(0, N, CHUNK):

@@ -13,7 +13,7 @@ from kafka import TopicPartition
 
 from sentistream.worker.breaker import Breaker
 from sentistream.worker.contract import Reason, Rejection
-from sentistream.worker.pipeline import Handled
+from sentistream.worker.outgoing import Handled
 from tests.cluster import ForeignRecord
 from tests.workers import WorkerProcess
 

@@ -12,7 +12,7 @@ from sentistream.worker.contract import Reason, Rejection
 from sentistream.worker.delivery import AtLeastOnce, ExactlyOnce
 from sentistream.worker.health import PUBLISH_BLOCKED, Health
 from sentistream.worker.metrics import WorkerMetrics
-from sentistream.worker.pipeline import Handled, Outgoing
+from sentistream.worker.outgoing import Handled, Outgoing
 
 Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
@@ -105,8 +105,8 @@ class FakeConsumer:
         return max((c[tp] for c in self.commits if tp in c), default=None)
 
 
-class FakePipeline:
-    def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
+class FakeDeadLetters:
+    def build(self, rejection: Rejection, stub: bool = False) -> Handled:
         return Handled(rejection.record, [Outgoing("dlq", None, b"", [], dead_letter=True, stub=stub)], rejection)
 
 
@@ -126,7 +126,7 @@ def handled(partition: int, offsets: range) -> list[Handled]:
 def make(mode, **extra):
     consumer, producer, clock = FakeConsumer(), FakeProducer(), Clock()
     health = Health(60, clock=clock)
-    delivery = mode(consumer, producer, FakePipeline(), WorkerMetrics(None), health, retry_max_s=30, clock=clock,
+    delivery = mode(consumer, producer, FakeDeadLetters(), WorkerMetrics(None), health, retry_max_s=30, clock=clock,
                     **extra)
     return delivery, consumer, producer, clock
 

@@ -23,7 +23,7 @@ from sentistream.worker import kafka_clients
 from sentistream.worker.delivery import ExactlyOnce
 from sentistream.worker.health import Health
 from sentistream.worker.metrics import WorkerMetrics
-from sentistream.worker.pipeline import Handled, Outgoing
+from sentistream.worker.outgoing import Handled, Outgoing
 from tests.cluster import KafkaCluster
 
 pytestmark = pytest.mark.kafka

@@ -8,9 +8,9 @@ from collections import namedtuple
 import pytest
 
 from sentistream.worker.bundle import Bundle, default_bundle_path
-from sentistream.worker.contract import Reason
+from sentistream.worker.contract import Reason, UnreadableRecord
 from sentistream.worker.metrics import WorkerMetrics
-from sentistream.worker.pipeline import Pipeline, UnreadableRecord
+from sentistream.worker.pipeline import Pipeline
 from sentistream.worker.settings import Settings
 from sentistream.worker.splitting import make_splitter
 

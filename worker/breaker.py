@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kafka import TopicPartition
 
 if TYPE_CHECKING:
-    from sentistream.worker.pipeline import Handled
+    from sentistream.worker.outgoing import Handled
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The message contract (see README "Message contract"): input, output and dead-letter records.
 
-``decode`` turns one raw Kafka record into either sentences to classify or a rejection with a
-reason code; it never raises on bad input. Output and dead-letter records are built here too.
+``parse`` turns one raw Kafka record into its id, text and carried fields, or a rejection with a
+reason code; it never raises on bad input (``decode`` is its tuple form). ``to_sentences`` cuts a
+parsed record into what is classified. The result and review schemas and the headers of results and
+dead letters are defined here; worker/pipeline.py and worker/dead_letters.py build the messages.
 """
 
 from __future__ import annotations
@@ -51,6 +53,21 @@ class RawRecord(Protocol):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record the Kafka client could not parse (e.g. a header key that is not UTF-8): its
+    coordinates and the client's error; key, value and headers are unknown (worker/intake.py)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    error: str
+    key: None = None
+    value: None = None
+    headers: tuple = ()
 
 
 # -- schemas ---------------------------------------------------------------------------------
@@ -328,9 +345,15 @@ def _carried(record: RawRecord) -> list[tuple[str, bytes]]:
     return [(k, b"" if v is None else v) for k, v in (record.headers or []) if not k.startswith(HEADER_PREFIX)]
 
 
+# A topic's max.message.bytes where it sets none (the broker's default), and what a record batch's
+# header and one record's framing add to its key, value and headers, generously.
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+BATCH_OVERHEAD = 512
+
+
 def encoded_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
     """What a record's key, value and headers take on the wire (the broker's limit counts these
-    plus ~100 bytes of batch overhead)."""
+    plus ~100 bytes of batch overhead: BATCH_OVERHEAD, generously)."""
     return (len(key or b"") + len(value or b"")
             + sum(len(k.encode()) + len(v) + 10 for k, v in headers))
 

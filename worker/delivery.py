@@ -37,8 +37,9 @@ from sentistream.worker.faults import one_line as _one_line
 from sentistream.worker.health import PUBLISH_BLOCKED, Health
 
 if TYPE_CHECKING:
+    from sentistream.worker.dead_letters import DeadLetters
     from sentistream.worker.metrics import WorkerMetrics
-    from sentistream.worker.pipeline import Handled, Outgoing, Pipeline
+    from sentistream.worker.outgoing import Handled, Outgoing
     from sentistream.worker.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,12 @@ class _Delivery:
 
     transactional = False
 
-    def __init__(self, consumer, producer, pipeline: Pipeline, metrics: WorkerMetrics, health: Health,
+    def __init__(self, consumer, producer, dead_letters: DeadLetters, metrics: WorkerMetrics, health: Health,
                  retry_max_s: float, clock=time.monotonic, notes: Quarantine | None = None) -> None:
         self.consumer = consumer
         self.notes = notes
         self.producer = producer
-        self.pipeline = pipeline
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.health = health
         self.retry_max_s = retry_max_s
@@ -248,9 +249,9 @@ class _Delivery:
         if not record_refused(future) or message.stub:
             return None
         if message.dead_letter:
-            return self.pipeline.dead_letter(h.rejection, stub=True)  # type: ignore[arg-type]
-        return self.pipeline.dead_letter(Rejection(h.record, Reason.PUBLISH_FAILED,
-                                                   f"{message.topic}: {_one_line(exc)}", type(exc).__name__))
+            return self.dead_letters.build(h.rejection, stub=True)  # type: ignore[arg-type]
+        return self.dead_letters.build(Rejection(h.record, Reason.PUBLISH_FAILED,
+                                                 f"{message.topic}: {_one_line(exc)}", type(exc).__name__))
 
     # -- blocked partitions --------------------------------------------------------------------
     def _block(self, tp: TopicPartition, offset: int, topic: str, exc: BaseException) -> None:

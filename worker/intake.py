@@ -19,8 +19,8 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CorruptRecordError, KafkaConnectionError, KafkaError
 
+from sentistream.worker.contract import UnreadableRecord
 from sentistream.worker.faults import kept, one_line
-from sentistream.worker.pipeline import UnreadableRecord
 
 log = logging.getLogger(__name__)
 

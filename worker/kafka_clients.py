@@ -19,6 +19,7 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from sentistream.worker.contract import BROKER_DEFAULT_MAX_MESSAGE_BYTES
 from sentistream.worker.errors import UserError
 from sentistream.worker.settings import Settings
 
@@ -108,9 +109,6 @@ def producer(settings: Settings, bootstrap: str, **overrides: Any) -> KafkaProdu
     # requests then ask the broker to create any topic they name: set it where it is read.
     producer._metadata.config["allow_auto_create_topics"] = cfg["allow_auto_create_topics"]
     return producer
-
-
-BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
 def topic_max_bytes(client: KafkaAdminClient, topics: list[str]) -> dict[str, int]:

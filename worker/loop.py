@@ -27,7 +27,8 @@ from sentistream.worker.faults import one_line
 from sentistream.worker.health import BROKER_UNREACHABLE, DLQ_BREAKER, STARTING, STOPPING, Health
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.model_ops import ModelOps
-from sentistream.worker.pipeline import Decoded, Handled, Pipeline
+from sentistream.worker.outgoing import Handled
+from sentistream.worker.pipeline import Decoded, Pipeline
 from sentistream.worker.quarantine import Quarantine
 from sentistream.worker.settings import Settings
 
@@ -69,16 +70,13 @@ class Worker:
         self.metrics = metrics
         self.process_index = process_index
         self.report_lag = report_lag
-        self.bundle = bundle or Bundle(settings.bundle or default_bundle_path(), threads=settings.threads,
-                                       max_tokens=settings.max_tokens)
-        m = self.bundle.manifest
+        bundle = bundle or Bundle(settings.bundle or default_bundle_path(), threads=settings.threads,
+                                  max_tokens=settings.max_tokens)
+        m = bundle.manifest
         metrics.serving(m.name, m.version, m.files["model.onnx"], m.labels)
-        splitter = None
-        if settings.split_sentences:
-            from sentistream.worker.splitting import make_splitter
-
-            splitter = make_splitter()
-        self.pipeline = Pipeline(settings, self.bundle, metrics, splitter)
+        # a latency-target worker's batch costs, learnt from every batch the pipeline classifies
+        cost = CostModel() if settings.latency_target_ms else None
+        self.pipeline = Pipeline(settings, bundle, metrics, cost=cost)  # what serves, after any swap too
         self.ops = ModelOps(settings, self.pipeline, metrics,
                             on_resume=lambda resume: self.close_breaker(f"dlq resume by {resume.issued_by or '?'}"))
         if settings.shadow_bundle is not None:
@@ -90,9 +88,8 @@ class Worker:
         self.chunk = settings.batch_size * POLL_BATCHES
         self.piece_bytes = settings.max_in_flight_bytes // 4
         self.latency: LatencyTarget | None = None
-        if settings.latency_target_ms:
-            self.pipeline.cost = CostModel()
-            self.latency = LatencyTarget(settings.latency_target_ms / 1000, settings.batch_size, self.pipeline.cost,
+        if cost is not None:
+            self.latency = LatencyTarget(settings.latency_target_ms / 1000, settings.batch_size, cost,
                                          chars=lambda d: [len(s.text) for s in d.sentences])
         self.assignment: set[TopicPartition] = set()
         self._next_lag_at = 0.0
@@ -120,7 +117,7 @@ class Worker:
                               "transaction_timeout_ms": 15_000} if exactly_once else {}
             producer = kafka_clients.producer(s, bootstrap, **producer_extra)
             stack.callback(producer.close, 30)
-            shared = (self.consumer, producer, self.pipeline, self.metrics, self.health)
+            shared = (self.consumer, producer, self.pipeline.dead_letters, self.metrics, self.health)
             if exactly_once:
                 self.delivery = ExactlyOnce(*shared, retry_max_s=s.publish_retry_max_s, notes=self.quarantine,
                                             max_transaction_bytes=s.max_in_flight_bytes)
@@ -343,7 +340,7 @@ class Worker:
         if crashed is not None:
             log.error("%s[%d]@%d: %s; dead-lettering it (crashed_worker)", tp.topic, tp.partition, d.record.offset,
                       crashed.detail)
-            handled = [self.pipeline.dead_letter(crashed)]
+            handled = [self.pipeline.dead_letters.build(crashed)]
         else:
             self.metrics.tried_alone.inc()
             handled = self.pipeline.handle([self.pipeline.decode(d.record)])

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sentistream.worker.bundle import MANIFEST, Bundle, BundleError, DigestMismatch, default_bundle_path
-from sentistream.worker.contract import ModelRef
 from sentistream.worker.control import (
     Command,
     ControlReader,
@@ -225,28 +224,21 @@ class ModelOps:
         if plan.serving is not None and plan.target.serving is not None:
             self._swap(plan.serving, how or plan.target.serving.command.command)
         if not plan.keep_shadow:
-            self._stop_shadow()
+            self.pipeline.set_shadow(None)  # retired before a successor starts: their metrics may share labels
             if plan.shadow is not None:
                 self._set_shadow(Shadow(plan.shadow, self.metrics, self.settings.batch_size))
         self.state = plan.target
 
     def _set_shadow(self, shadow: Shadow) -> None:
-        self._stop_shadow()
-        self.pipeline.shadow = shadow
+        self.pipeline.set_shadow(shadow)
         log.info("shadow %s %s started beside %s %s", shadow.model.name, shadow.model.version,
                  self.pipeline.model.name, self.pipeline.model.version)
-
-    def _stop_shadow(self) -> None:
-        if self.pipeline.shadow is not None:
-            self.pipeline.shadow.retire()
-        self.pipeline.shadow = None
 
     def _swap(self, bundle: Bundle, how: str) -> None:
         """Serve ``bundle`` from the next piece of work on."""
         old = self.pipeline.bundle.manifest
         new = bundle.manifest
-        self.pipeline.bundle = bundle
-        self.pipeline.model = ModelRef(name=new.name, version=new.version)
+        self.pipeline.swap(bundle)
         self.metrics.retired(old.name, old.version, old.files["model.onnx"])
         self.metrics.serving(new.name, new.version, new.files["model.onnx"], new.labels)
         self.metrics.model_swaps.labels(how).inc()

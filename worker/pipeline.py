@@ -1,6 +1,10 @@
 """From raw records to what must be published for them: decode → split → tokenize → infer →
 result or dead-letter messages. No Kafka here: the run loop polls, the delivery strategy sends.
 
+The pipeline holds what serves: the bundle and its model, the shadow beside it, and the worker's
+dead letters. Only its own methods change them (:meth:`Pipeline.swap`, :meth:`Pipeline.set_shadow`,
+which worker/model_ops.py calls between two pieces of work); everyone else reads them.
+
 Every record ends as one :class:`Handled`: its result messages, or one dead-letter message with a
 reason. One bad record never costs the others their results: a failing tokenizer or model call
 is retried once, then the batch is bisected until the guilty sentence is found.
@@ -10,38 +14,37 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sentistream.worker import kafka_clients
-from sentistream.worker.batching import CostModel, length_sorted_batches
+from sentistream.worker.batching import length_sorted_batches
 from sentistream.worker.contract import (
-    HEADER_PREFIX,
+    BATCH_OVERHEAD,
     ModelRef,
-    Origin,
     RawRecord,
     Reason,
     Rejection,
     Result,
     Sentence,
     SourceRef,
-    dead_letter_headers,
+    UnreadableRecord,
     encoded_size,
     parse,
     result_headers,
     review_of,
     to_sentences,
 )
+from sentistream.worker.dead_letters import DeadLetters
 from sentistream.worker.faults import contained, kept, one_line
+from sentistream.worker.outgoing import Handled, Outgoing
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
 
+    from sentistream.worker.batching import CostModel
     from sentistream.worker.bundle import Bundle, Prediction
     from sentistream.worker.metrics import WorkerMetrics
     from sentistream.worker.settings import Settings
@@ -50,25 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.05
-BATCH_OVERHEAD = 512  # a record batch's header and one record's framing, generously
 # A cheap upper estimate of sentence ends, so that a "split bomb" is refused before pysbd (whose
 # time grows faster than linearly with the number of sentences) ever sees it.
 _SENTENCE_END = re.compile(r"[.!?\u2026\n]+")
-
-
-@dataclass(frozen=True, slots=True)
-class UnreadableRecord:
-    """A record the Kafka client could not parse (e.g. a header key that is not UTF-8): its
-    coordinates and the client's error; key, value and headers are unknown."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    error: str
-    key: None = None
-    value: None = None
-    headers: tuple = ()
 
 
 @dataclass(slots=True)
@@ -88,16 +75,6 @@ class Decoded:
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    dead_letter: bool = False
-    stub: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class Classified:
     """One sentence's prediction, its length in tokens, and whether the model read only part of it."""
 
@@ -106,37 +83,64 @@ class Classified:
     truncated: bool = False
 
 
-@dataclass(slots=True)
-class Handled:
-    """One input record and the messages that account for it once acknowledged."""
-
-    record: RawRecord
-    messages: list[Outgoing]
-    rejection: Rejection | None = None
-    labels: list[str] = field(default_factory=list)
-
-
 class Pipeline:
+    """``splitter``: the sentence splitter (default: pysbd's, made at once when the worker splits
+    by default, else on first use); ``cost``: a model of batch costs that learns from every batch
+    (a latency-target worker's, worker/batching.py)."""
+
     def __init__(self, settings: Settings, bundle: Bundle, metrics: WorkerMetrics,
-                 splitter: Callable[[str], list[str]] | None = None) -> None:
+                 splitter: Callable[[str], list[str]] | None = None, cost: CostModel | None = None) -> None:
         self.settings = settings
-        self.bundle = bundle
         self.metrics = metrics
-        self.splitter = splitter
-        m = bundle.manifest
-        self.model = ModelRef(name=m.name, version=m.version)
-        self.shadow: Shadow | None = None  # a candidate classifying every batch beside the bundle
-        self.cost: CostModel | None = None  # set by a latency-target worker: learns from every batch
-        self.worker = f"{socket.gethostname()}/{os.getpid()}"  # named on dead letters
+        self._bundle = bundle
+        self._model = _model_of(bundle)
+        self._shadow: Shadow | None = None  # a candidate classifying every batch beside the bundle
+        self._cost = cost
+        self._splitter = splitter
+        if settings.split_sentences:
+            self._sentence_splitter()  # made before the first record, not while it waits
+        self._dead_letters = DeadLetters(settings.dlq_topic, settings.group_id, lambda: self._model)
         self.result_limit = settings.max_result_bytes
-        self.dead_letter_limit = kafka_clients.BROKER_DEFAULT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
+
+    # -- what serves ---------------------------------------------------------------------------
+    @property
+    def bundle(self) -> Bundle:
+        """The serving bundle."""
+        return self._bundle
+
+    @property
+    def model(self) -> ModelRef:
+        """The serving bundle's model: named on every result and dead letter."""
+        return self._model
+
+    @property
+    def shadow(self) -> Shadow | None:
+        """The candidate running beside the serving bundle, if any (worker/shadow.py)."""
+        return self._shadow
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """This worker's dead letters, which worker/delivery.py builds too."""
+        return self._dead_letters
+
+    def swap(self, bundle: Bundle) -> None:
+        """Serve ``bundle`` from the next piece of work on."""
+        self._bundle = bundle
+        self._model = _model_of(bundle)
+
+    def set_shadow(self, shadow: Shadow | None) -> None:
+        """Run ``shadow`` beside the serving bundle from the next piece of work on (None: no
+        shadow); the one running before, if another, is retired."""
+        if self._shadow is not None and self._shadow is not shadow:
+            self._shadow.retire()
+        self._shadow = shadow
 
     def fit_topics(self, max_message_bytes: dict[str, int]) -> None:
         """Size checks against what the output and dead-letter topics accept (their
         ``max.message.bytes``, less a record batch's overhead)."""
         s = self.settings
         self.result_limit = min(s.max_result_bytes, max_message_bytes[s.output_topic] - BATCH_OVERHEAD)
-        self.dead_letter_limit = max_message_bytes[s.dlq_topic] - BATCH_OVERHEAD
+        self._dead_letters.fit(max_message_bytes[s.dlq_topic])
 
     # -- decode --------------------------------------------------------------------------------
     def decode(self, record: RawRecord) -> Decoded:
@@ -158,7 +162,7 @@ class Pipeline:
             if estimate > limit:
                 return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
                                                      f"about {estimate} sentences > limit {limit}"))
-        sentences = to_sentences(record, parsed.as_tuple(), self._splitter() if split else None)
+        sentences = to_sentences(record, parsed.as_tuple(), self._sentence_splitter() if split else None)
         if len(sentences) > limit:
             return Decoded(record, [], Rejection(record, Reason.TOO_MANY_SENTENCES,
                                                  f"{len(sentences)} sentences > limit {limit}"))
@@ -179,14 +183,14 @@ class Pipeline:
         return Rejection(record, Reason.RESULT_TOO_LARGE, f"its results take {size} bytes together (values, keys and "
                          f"headers) > max_output_bytes {self.settings.max_output_bytes}")
 
-    def _splitter(self) -> Callable[[str], list[str]]:
+    def _sentence_splitter(self) -> Callable[[str], list[str]]:
         """The sentence splitter, made on first use (a message may ask for splitting when the
         worker does not split by default)."""
-        if self.splitter is None:
+        if self._splitter is None:
             from sentistream.worker.splitting import make_splitter
 
-            self.splitter = make_splitter()
-        return self.splitter
+            self._splitter = make_splitter()
+        return self._splitter
 
     # -- classify and build messages -----------------------------------------------------------
     def handle(self, decoded: Sequence[Decoded]) -> list[Handled]:
@@ -199,34 +203,35 @@ class Pipeline:
         except BaseException as exc:
             kept(exc)
             if len(decoded) == 1:
-                return [self.dead_letter(self.internal_error(decoded[0].record, exc, "classifying"))]
+                return [self._dead_letters.build(self.internal_error(decoded[0].record, exc, "classifying"))]
             half = len(decoded) // 2
             return self.handle(decoded[:half]) + self.handle(decoded[half:])
         return [contained(lambda d=d, mine=mine, shadow=shadow: self._outcome(d, mine, shadow),
-                          lambda exc, d=d: self.dead_letter(self.internal_error(d.record, exc, "building results")))
+                          lambda exc, d=d: self._dead_letters.build(self.internal_error(d.record, exc, "building results")))
                 for d, mine, shadow in outcomes]
 
     def _classify_records(self, decoded: Sequence[Decoded]) -> list[tuple[Decoded, list, ModelRef | None]]:
         """Per record: its sentences' classifications (or errors) and the shadow that saw them."""
         sentences = [s for d in decoded if d.rejection is None for s in d.sentences]
         classified = self._classify(sentences)
-        shadowed = self._shadow(sentences, classified)
+        shadowed = self._compare_with_shadow(sentences, classified)
         outcomes = iter(classified)
         return [(d, [] if d.rejection else [next(outcomes) for _ in d.sentences], shadowed) for d in decoded]
 
     def _outcome(self, d: Decoded, mine: list[Classified | BaseException], shadow: ModelRef | None) -> Handled:
         if d.rejection is not None:
-            return self.dead_letter(d.rejection)
+            return self._dead_letters.build(d.rejection)
         error = next((o for o in mine if isinstance(o, BaseException)), None)
         if error is not None:
-            return self.dead_letter(Rejection(d.record, Reason.MODEL_ERROR, one_line(error), type(error).__name__))
+            return self._dead_letters.build(Rejection(d.record, Reason.MODEL_ERROR, one_line(error), type(error).__name__))
         return self._results(d, mine, shadow)  # type: ignore[arg-type]
 
-    def _shadow(self, sentences: list[Sentence], classified: list[Classified | BaseException]) -> ModelRef | None:
+    def _compare_with_shadow(self, sentences: list[Sentence],
+                             classified: list[Classified | BaseException]) -> ModelRef | None:
         """Have the shadow (if any) classify the sentences the serving model classified and
         compare; a shadow that fails is dropped here and serving goes on. Returns the shadow's
         model when it saw these sentences."""
-        shadow = self.shadow
+        shadow = self._shadow
         if shadow is None:
             return None
         pairs = [(s.text, c.prediction.label) for s, c in zip(sentences, classified, strict=True)
@@ -236,63 +241,39 @@ class Pipeline:
         compared = contained(lambda: shadow.compare([t for t, _ in pairs], [label for _, label in pairs]),
                              lambda exc: log.error("shadow dropped: %s", one_line(exc)) or False)
         if not compared:
-            self.shadow = None
+            self.set_shadow(None)
             return None
         return shadow.model
-
-    def dead_letter(self, rejection: Rejection, stub: bool = False) -> Handled:
-        """The dead letter for ``rejection``: the original key, value and headers plus ours. A
-        ``stub`` carries only our headers: for a record whose full dead letter is too large or
-        was refused, or cannot even be built."""
-        r = rejection.record
-        full = None if stub else contained(lambda: self._full_dead_letter(rejection), lambda _exc: None)
-        own = [*dead_letter_headers(rejection, self.origin(), carried=False),
-               (f"{HEADER_PREFIX}dlq-stub", b"original key, value and headers left out")]
-        message = full or Outgoing(self.settings.dlq_topic, None, b"", own, dead_letter=True, stub=True)
-        return Handled(r, [message], rejection)
-
-    def origin(self) -> Origin:
-        return Origin(self.settings.group_id, self.worker, self.model)
-
-    def _full_dead_letter(self, rejection: Rejection) -> Outgoing | None:
-        """The record's key, value and headers plus ours; None when that is over the DLQ's limit."""
-        r = rejection.record
-        headers = dead_letter_headers(rejection, self.origin())
-        # Kafka clients refuse a record with neither key nor value: a null value then goes as empty.
-        value = r.value if r.value is not None or r.key is not None else b""
-        if encoded_size(r.key, value, headers) > self.dead_letter_limit:
-            return None
-        return Outgoing(self.settings.dlq_topic, r.key, value, headers, dead_letter=True)
 
     def _results(self, d: Decoded, classified: list[Classified], shadow: ModelRef | None = None) -> Handled:
         """The record's sentence results and, for a split record, its review result: one Handled,
         so they share the delivery unit (exactly-once: one transaction)."""
         r = d.record
-        headers = result_headers(r, self.model, shadow)
+        headers = result_headers(r, self._model, shadow)
         source = SourceRef(topic=r.topic, partition=r.partition, offset=r.offset)
         values, labels = [], []
         for s, c in zip(d.sentences, classified, strict=True):
             p = c.prediction
             values.append((Result(id=s.id, text=s.text, label=p.label, label_id=p.label_id, scores=p.scores,
-                                  tokens=c.tokens, truncated=c.truncated, model=self.model, source=source,
+                                  tokens=c.tokens, truncated=c.truncated, model=self._model, source=source,
                                   meta=s.meta, doc_id=s.doc_id, sentence_index=s.sentence_index)
                            .model_dump_json().encode(), headers))
             labels.append(p.label)
         if d.review:
             first = d.sentences[0]
-            review = review_of(first.doc_id or first.id, list(self.bundle.manifest.labels), labels,
-                               [c.prediction.scores for c in classified], self.model, source, first.meta)
-            values.append((review.model_dump_json().encode(), result_headers(r, self.model, shadow, kind="review")))
+            review = review_of(first.doc_id or first.id, list(self._bundle.manifest.labels), labels,
+                               [c.prediction.scores for c in classified], self._model, source, first.meta)
+            values.append((review.model_dump_json().encode(), result_headers(r, self._model, shadow, kind="review")))
         messages, total = [], 0
         for value, own in values:
             size = encoded_size(r.key, value, own)
             if size > self.result_limit:
-                return self.dead_letter(Rejection(r, Reason.RESULT_TOO_LARGE, f"a result of {size} bytes (value, key "
-                                                  f"and headers) > limit {self.result_limit}"))
+                return self._dead_letters.build(Rejection(r, Reason.RESULT_TOO_LARGE, f"a result of {size} bytes "
+                                                          f"(value, key and headers) > limit {self.result_limit}"))
             total += size
             messages.append(Outgoing(self.settings.output_topic, r.key, value, own))
         if total > self.settings.max_output_bytes:
-            return self.dead_letter(self._too_large(r, total))
+            return self._dead_letters.build(self._too_large(r, total))
         return Handled(r, messages, labels=labels)
 
     def _classify(self, sentences: list[Sentence]) -> list[Classified | BaseException]:
@@ -304,31 +285,31 @@ class Pipeline:
                 out[i] = e
             else:
                 encoded.append((i, e))
-        if self.cost is not None:
-            self.cost.observe_texts(sum(len(sentences[i].text) for i, _ in encoded), sum(len(e.ids) for _, e in encoded))
+        if self._cost is not None:
+            self._cost.observe_texts(sum(len(sentences[i].text) for i, _ in encoded), sum(len(e.ids) for _, e in encoded))
         for batch in length_sorted_batches(encoded, self.settings.batch_size, lambda pair: len(pair[1].ids)):
             for (i, e), p in zip(batch, self._predict([e for _, e in batch]), strict=True):
                 if isinstance(p, BaseException):
                     out[i] = p
                 elif e.overflowing:  # longer than the model reads: say so, with its true length
-                    out[i] = Classified(p, self.bundle.token_count(sentences[i].text), truncated=True)
+                    out[i] = Classified(p, self._bundle.token_count(sentences[i].text), truncated=True)
                 else:
                     out[i] = Classified(p, len(e.ids))
         return out  # type: ignore[return-value]
 
     def _tokenize(self, texts: list[str]) -> list[Encoding | BaseException]:
         try:
-            return list(self.bundle.tokenize(texts))
+            return list(self._bundle.tokenize(texts))
         except BaseException as exc:  # untyped errors, or a Rust panic: find the guilty text(s) one by one
             log.warning("tokenizing %d texts failed (%s); isolating the guilty one(s)", len(texts), one_line(kept(exc)))
-            return [contained(lambda text=text: self.bundle.tokenize([text])[0], lambda fault: fault) for text in texts]
+            return [contained(lambda text=text: self._bundle.tokenize([text])[0], lambda fault: fault) for text in texts]
 
     def _predict(self, encodings: list[Encoding], retry: bool = True) -> list[Prediction | BaseException]:
         """Classify one batch. On an error: retry once after a short pause (a transient error
         passes), then bisect; a single sentence that still fails gets its error."""
         started = time.perf_counter()
         try:
-            predictions = self.bundle.classify_encoded(encodings)
+            predictions = self._bundle.classify_encoded(encodings)
         except BaseException as exc:  # onnxruntime's errors are untyped
             kept(exc)
             if retry:
@@ -341,11 +322,15 @@ class Pipeline:
             return self._predict(encodings[:half], retry=False) + self._predict(encodings[half:], retry=False)
         seconds = time.perf_counter() - started
         self.metrics.inference_seconds.observe(seconds)
-        if self.cost is not None:
-            self.cost.observe_batch(len(encodings) * max(len(e.ids) for e in encodings), seconds)
+        if self._cost is not None:
+            self._cost.observe_batch(len(encodings) * max(len(e.ids) for e in encodings), seconds)
         self.metrics.batch_size.observe(len(encodings))
         return list(predictions)
 
+
+def _model_of(bundle: Bundle) -> ModelRef:
+    m = bundle.manifest
+    return ModelRef(name=m.name, version=m.version)
 
 
 def output_floor(record: RawRecord, sentences: list[Sentence], review: bool) -> int:
