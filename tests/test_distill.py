@@ -17,60 +17,62 @@ import pytest
 from sentistream.export import data as data_mod
 from sentistream.export import distill, teacher
 from sentistream.export.errors import DataError
-from sentistream.export.train import Examples, TrainConfig, fit, predict_logits, soft_targets, uses_bf16
+from sentistream.export.examples import Examples, soft_targets
+from sentistream.export.teacher_labels import TeacherLabels
+from sentistream.export.train import TrainConfig, fit, predict_logits, uses_bf16
 from tests.tiny_models import CORPUS, make_checkpoint
 
 
 def test_fragments_are_clauses_of_four_words_or_more_and_never_held_out_text() -> None:
     sentences = ["The plot is thin, but the acting is superb and moving.", "Short; too short.",
                  "A warm film -- funny, sad and true to its people."]
-    held_out = {distill.normalise("the acting is superb and moving")}
+    held_out = {data_mod.normalise("the acting is superb and moving")}
     pieces = distill.fragments(sentences, held_out)
     assert "The plot is thin" in pieces
     assert "sad and true to its people" in pieces
     assert all(len(p.split()) >= 4 for p in pieces)
-    assert not any(distill.normalise(p) in held_out for p in pieces)
-    assert len(pieces) == len({distill.normalise(p) for p in pieces})
+    assert not any(data_mod.normalise(p) in held_out for p in pieces)
+    assert len(pieces) == len({data_mod.normalise(p) for p in pieces})
 
 
 def test_spans_are_word_windows_drawn_per_sentence_whatever_the_order() -> None:
     sentences = ["The plot is thin but the acting is superb and moving to watch.", "Too short to cut.",
                  "A warm film, funny and sad and true to its people all the way."]
-    held_out = {distill.normalise("the acting is superb")}
+    held_out = {data_mod.normalise("the acting is superb")}
     pieces = distill.spans(sentences, held_out)
     assert 0 < len(pieces) <= 2 * distill.SPANS_PER_SENTENCE  # nothing from the four-word sentence
-    assert all(any(4 <= len(p.split()) < len(s.split()) and distill.normalise(p) in distill.normalise(s)
+    assert all(any(4 <= len(p.split()) < len(s.split()) and data_mod.normalise(p) in data_mod.normalise(s)
                    for s in sentences) for p in pieces)
-    assert not any(distill.normalise(p) in held_out for p in pieces)
-    assert len(pieces) == len({distill.normalise(p) for p in pieces})
+    assert not any(data_mod.normalise(p) in held_out for p in pieces)
+    assert len(pieces) == len({data_mod.normalise(p) for p in pieces})
     assert set(distill.spans(sentences[::-1], held_out)) == set(pieces)
 
 
 def test_transfer_set_leaves_out_every_validation_and_test_sentence() -> None:
     dataset = data_mod.load(data_mod.default_cache_dir())
     texts, ratings, sources = distill.transfer_set(dataset, data_mod.default_cache_dir())
-    held_out = {distill.normalise(t) for part in ("validation", "test") for t in dataset.part(part)[0]}
-    assert not [t for t in texts if distill.normalise(t) in held_out]
+    held_out = {data_mod.normalise(t) for part in ("validation", "test") for t in dataset.part(part)[0]}
+    assert not [t for t in texts if data_mod.normalise(t) in held_out]
     counts = {s: sources.count(s) for s in set(sources)}
     assert counts["train"] == len(dataset.train)
     assert counts["amazon"] > 3000 and counts["nyt"] > 5000 and counts["tweets"] > 4000 and counts["fragments"] > 5000
     assert counts["spans"] > 20000
-    added = [distill.normalise(t) for t, s in zip(texts, sources, strict=True) if s != "train"]
-    assert len(set(added)) == len(added) and not set(added) & {distill.normalise(t) for t in dataset.part("train")[0]}
+    added = [data_mod.normalise(t) for t, s in zip(texts, sources, strict=True) if s != "train"]
+    assert len(set(added)) == len(added) and not set(added) & {data_mod.normalise(t) for t in dataset.part("train")[0]}
     unrated = [s in ("fragments", "spans") for s in sources]
     assert np.isnan(ratings[unrated]).all()
     assert not np.isnan(ratings[[not u for u in unrated]]).any()
 
 
-def _labels(texts: list[str], logits: np.ndarray, sources: list[str]) -> distill.TeacherLabels:
-    return distill.TeacherLabels(texts, logits.astype(np.float32), np.full(len(texts), np.nan), sources, {"t": 1})
+def _labels(texts: list[str], logits: np.ndarray, sources: list[str]) -> TeacherLabels:
+    return TeacherLabels(texts, logits.astype(np.float32), np.full(len(texts), np.nan), sources, {"t": 1})
 
 
 def test_teacher_labels_round_trip_and_join_the_training_sentences(tmp_path: Path) -> None:
     texts = ["good film", "bad film", "extra text one", "extra text two"]
     logits = np.arange(20, dtype=np.float32).reshape(4, 5)
     _labels(texts, logits, ["train", "train", "fragments", "nyt"]).save(tmp_path / "t.npz")
-    loaded = distill.TeacherLabels.load(tmp_path / "t.npz")
+    loaded = TeacherLabels.load(tmp_path / "t.npz")
     assert loaded.texts == texts and loaded.meta == {"t": 1}
     assert loaded.describe()["transfer_set"] == {"train": 2, "fragments": 1, "nyt": 1}
     train = Examples(["bad film", "good film"], np.eye(5, dtype=np.float32)[[0, 4]])
@@ -238,7 +240,7 @@ def test_teacher_labels_made_for_another_split_are_refused(tmp_path: Path) -> No
     dataset = data_mod.load(data_mod.default_cache_dir())
     small = dataclasses.replace(dataset, train=dataset.train[:20], validation=dataset.validation[:5])
     texts = small.part("train")[0]
-    labels = distill.TeacherLabels(texts, np.zeros((20, 5), np.float32), np.full(20, np.nan), ["train"] * 20,
+    labels = TeacherLabels(texts, np.zeros((20, 5), np.float32), np.full(20, np.nan), ["train"] * 20,
                                    {"split_sha256": data_mod.split_sha256(dataset)})  # the full split's
     cfg = TrainConfig(base_model=str(make_checkpoint("bert", tmp_path / "ckpt")), out_dir=tmp_path, epochs=1)
     with pytest.raises(DataError, match="made for another split"):
@@ -258,17 +260,17 @@ def test_numbers_as_labels_mean_the_same_in_training_and_in_eval(tmp_path: Path)
 def test_teachers_are_averaged_by_their_probabilities_and_must_cover_the_same_texts() -> None:
     texts, ratings, sources = ["a b", "c d"], np.array([1.0, np.nan]), ["train", "fragments"]
     meta = {"split_sha256": "s"}
-    one = distill.TeacherLabels(texts, np.log(np.array([[0.8, 0.2], [0.5, 0.5]], dtype=np.float32)), ratings,
+    one = TeacherLabels(texts, np.log(np.array([[0.8, 0.2], [0.5, 0.5]], dtype=np.float32)), ratings,
                                 sources, meta)
-    two = distill.TeacherLabels(texts, np.log(np.array([[0.4, 0.6], [0.1, 0.9]], dtype=np.float32)) + 3.0,
+    two = TeacherLabels(texts, np.log(np.array([[0.4, 0.6], [0.1, 0.9]], dtype=np.float32)) + 3.0,
                                 ratings, sources, meta)
-    both = distill.TeacherLabels.ensemble([one, two])
+    both = TeacherLabels.ensemble([one, two])
     np.testing.assert_allclose(np.exp(both.logits), [[0.6, 0.4], [0.3, 0.7]], rtol=1e-5)
     assert both.meta["split_sha256"] == "s" and len(both.meta["ensemble"]) == 2
-    assert distill.TeacherLabels.ensemble([one]) is one
-    other = distill.TeacherLabels(["a b", "e f"], one.logits, ratings, sources, meta)
+    assert TeacherLabels.ensemble([one]) is one
+    other = TeacherLabels(["a b", "e f"], one.logits, ratings, sources, meta)
     with pytest.raises(DataError, match="same texts"):
-        distill.TeacherLabels.ensemble([one, other])
+        TeacherLabels.ensemble([one, other])
     with pytest.raises(DataError, match="different splits"):
-        distill.TeacherLabels.ensemble([one, distill.TeacherLabels(texts, one.logits, ratings, sources,
+        TeacherLabels.ensemble([one, TeacherLabels(texts, one.logits, ratings, sources,
                                                                    {"split_sha256": "t"})])

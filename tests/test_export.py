@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sentistream.export import gate as int8_gate
 from sentistream.export import onnx_export
 from sentistream.export import quantize as quant
 from sentistream.export.errors import CheckpointError, ParityError, QuantizationGateError
@@ -114,7 +115,7 @@ def test_int8_gate_passes_identical_and_refuses_drift(exported, tmp_path) -> Non
     fp32 = exported["bert"]
     texts = onnx_export.SAMPLE_SENTENCES * 3
     labels = Bundle(fp32).logits(texts).argmax(1)
-    figures = quant.gate(fp32, fp32, texts, labels)
+    figures = int8_gate.gate(fp32, fp32, texts, labels).to_json()
     assert figures["label_agreement"] == 1.0 and figures["batch_invariance"] == 1.0
     drifted = tmp_path / "drift"
     shutil.copytree(fp32, drifted)
@@ -128,7 +129,7 @@ def test_int8_gate_passes_identical_and_refuses_drift(exported, tmp_path) -> Non
     onnx.save(model, str(drifted / "model.onnx"))
     _rehash(drifted)
     with pytest.raises(QuantizationGateError) as err:
-        quant.gate(fp32, drifted, texts, labels)
+        int8_gate.gate(fp32, drifted, texts, labels)
     assert err.value.figures["label_agreement"] < 0.99
     # a random tiny model is confident nowhere: the accuracy clauses (labels: fp32's) refuse it
     assert any("of fp32's" in f for f in err.value.failed)
@@ -214,7 +215,7 @@ def test_per_token_int8_keeps_ordinary_tokens_exact_beside_an_outlier_token() ->
 def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, monkeypatch) -> None:
     from sentistream.export import cli
 
-    real_gate, seen = quant.gate, []
+    real_gate, seen = int8_gate.gate, []
 
     def gate(fp32_dir, int8_dir, texts, labels):
         method = Manifest.read(int8_dir).quantization["method"]
@@ -223,7 +224,7 @@ def test_auto_ships_the_next_method_when_the_faster_one_is_refused(tmp_path, mon
             raise QuantizationGateError({"label_agreement": 0.5}, ["labels agree with fp32 on 50.0% of sentences"])
         return real_gate(fp32_dir, int8_dir, texts, labels)
 
-    monkeypatch.setattr(quant, "gate", gate)
+    monkeypatch.setattr(int8_gate, "gate", gate)
     checkpoint = make_checkpoint("bert", tmp_path / "ckpt")
     cli.build_bundle(checkpoint, tmp_path / "int8", quantize="int8", method="auto", name="tiny", version="1",
                      max_length=None)
@@ -293,7 +294,7 @@ def test_refused_int8_leaves_no_bundle(tmp_path, monkeypatch) -> None:
     def refuse(fp32_dir, int8_dir, texts, labels):
         raise QuantizationGateError({"label_agreement": 0.5}, ["labels agree with fp32 on 50.0% of sentences"])
 
-    monkeypatch.setattr(quant, "gate", refuse)
+    monkeypatch.setattr(int8_gate, "gate", refuse)
     checkpoint = make_checkpoint("bert", tmp_path / "ckpt")
     with pytest.raises(QuantizationGateError):
         _build_int8(checkpoint, tmp_path / "int8")
