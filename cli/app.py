@@ -271,7 +271,7 @@ def worker_cmd(
     """Consume sentences, classify them in micro-batches, publish results. Runs until SIGTERM.
     Every setting is a flag (and an environment variable SENTISTREAM_<NAME>)."""
     from sentistream.worker.logs import setup_logging
-    from sentistream.worker.supervisor import run_one, run_supervised
+    from sentistream.worker.supervisor import run_supervised, run_worker_process
 
     settings = client_settings(**flags)
     setup_logging(settings.log_level, "supervisor" if settings.processes > 1 else "worker")
@@ -285,7 +285,7 @@ def worker_cmd(
         del bundle  # each child loads its own
         code = run_supervised(settings)
     else:
-        code = run_one(settings, bundle=bundle)
+        code = run_worker_process(settings, bundle=bundle)
     raise typer.Exit(code)
 
 

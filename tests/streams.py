@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sentistream.bench.streams import Feeder, Monitor, record_id
+from sentistream.worker.loop import POLL_BATCHES
 from sentistream.worker.settings import Settings
 from tests.cluster import KafkaCluster
 from tests.workers import WorkerProcess
@@ -28,7 +29,6 @@ RATE = 150  # input records per second, per stream
 WARMUP_RESULTS = 300  # results seen before the fault: the pipeline is flowing
 TAIL_S = 3.0  # input keeps coming this long after the repair
 PRODUCER_DELIVERY_TIMEOUT_S = 120  # kafka-python's default: worker/kafka_clients.py sets none, no flag does
-POLL_BATCHES = 8  # worker/loop.py: one poll takes up to this many batches of records
 LIVENESS_PERIOD_S, LIVENESS_FAILURES = 10.0, 3  # deploy/k8s/deployment.yaml's livenessProbe
 FRESH_TIMEOUT_S = 180  # a stalled worker: stall_timeout_s (60 s) + the probes (30 s) + a restart
 KAFKA_CHATTER = re.compile(r" kafka\.[\w.]+: ")

@@ -143,13 +143,13 @@ def test_a_failed_unit_then_a_successful_one_commits_nothing_past_the_failure_on
         f.succeed()
     for f in futures_of(producer, range(0, 100)):
         f.fail(kerr.KafkaTimeoutError("no broker"))
-    rewound = d.checkpoint()
+    rewound = d.advance()
     assert rewound == {P0}
     assert consumer.committed_to(P0) is None, "committed past records that failed"
     assert consumer.seeks == [(P0, 0)] and P0 in consumer.paused_tps
     assert PUBLISH_BLOCKED in d.health.problems
     clock.now += 1.5  # back-off over: read again
-    d.checkpoint()
+    d.advance()
     assert P0 not in consumer.paused_tps
 
 
@@ -178,10 +178,10 @@ def test_unacknowledged_sends_hold_the_commit_back() -> None:
     d.deliver(handled(0, range(0, 3)))
     futures_of(producer, range(1, 3))[0].succeed()
     futures_of(producer, range(2, 3))[0].succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) is None
     futures_of(producer, range(0, 1))[0].succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) == 3
 
 
@@ -194,16 +194,16 @@ def test_a_commit_interval_holds_commits_back_until_due_then_commits_the_latest(
     d, consumer, producer, clock = make(AtLeastOnce, max_in_flight=10_000, commit_interval=0.1)
     d.deliver(handled(0, range(0, 10)))  # the first commit is due at once
     _acknowledge(producer, range(0, 10))
-    d.checkpoint()
+    d.advance()
     assert consumer.commits == [{P0: 10}]
     d.deliver(handled(0, range(10, 20)))
     _acknowledge(producer, range(10, 20))
     d.deliver(handled(1, range(0, 5)))
     _acknowledge(producer, range(20, 25))
-    d.checkpoint()
+    d.advance()
     assert len(consumer.commits) == 1, "committed again before the interval was over"
     clock.now += 0.1
-    d.checkpoint()
+    d.advance()
     assert consumer.commits[1:] == [{P0: 20, P1: 5}]
 
 
@@ -212,10 +212,10 @@ def test_offsets_held_by_the_commit_interval_are_committed_at_once_on_revoke_and
     d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000, commit_interval=60.0)
     d.deliver(handled(0, range(0, 10)))
     _acknowledge(producer, range(0, 10))
-    d.checkpoint()  # the first one
+    d.advance()  # the first one
     d.deliver(handled(0, range(10, 20)))
     _acknowledge(producer, range(10, 20))
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) == 10
     if path == "revoke":
         d.revoke({P0})
@@ -228,11 +228,11 @@ def test_offsets_held_for_lost_partitions_are_never_committed() -> None:
     d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000, commit_interval=60.0)
     d.deliver(handled(0, range(0, 10)))
     _acknowledge(producer, range(0, 10))
-    d.checkpoint()
+    d.advance()
     d.deliver(handled(0, range(10, 20)))
     d.deliver(handled(1, range(0, 5)))
     _acknowledge(producer, range(10, 25))
-    d.checkpoint()
+    d.advance()
     d.lose({P0})  # expelled: P0 belongs to another member now
     d.close(timeout=0.5)
     assert consumer.committed_to(P0) == 10
@@ -242,13 +242,13 @@ def test_offsets_held_for_lost_partitions_are_never_committed() -> None:
 def test_a_record_the_client_refuses_is_dead_lettered_and_committed_once_that_is_acknowledged() -> None:
     d, consumer, producer, _ = make(AtLeastOnce, max_in_flight=10_000)
     producer.refuse["out"] = TypeError("All headers items must be (str, bytes) tuples")
-    d.deliver(handled(0, range(0, 1)))  # its checkpoint sends record 0's dead letter
+    d.deliver(handled(0, range(0, 1)))  # which sends record 0's dead letter in its place
     del producer.refuse["out"]
     d.deliver(handled(0, range(1, 2)))
     assert [t for t, _, _ in producer.sent] == ["dlq", "out"]
     for _, _, f in producer.sent:
         f.succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) == 2
 
 
@@ -257,11 +257,11 @@ def test_a_record_the_broker_refuses_is_dead_lettered_the_others_commit() -> Non
     d.deliver(handled(0, range(0, 2)))
     futures_of(producer, range(0, 1))[0].fail(kerr.MessageSizeTooLargeError())
     futures_of(producer, range(1, 2))[0].succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) is None  # record 0's dead letter is not acknowledged yet
     assert producer.sent[-1][0] == "dlq"
     producer.sent[-1][2].succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.committed_to(P0) == 2
 
 
@@ -270,7 +270,7 @@ def test_backpressure_counts_records_in_flight() -> None:
     d.deliver(handled(0, range(0, 3)))
     assert not d.has_room()
     futures_of(producer, range(0, 1))[0].succeed()
-    d.checkpoint()
+    d.advance()
     assert d.has_room()
 
 
@@ -343,13 +343,13 @@ def test_a_partition_whose_oldest_send_is_stuck_stops_fetching_until_it_settles(
     for f in futures_of(producer, range(3, 6)):
         f.succeed()
     clock.now += 6  # partition 0's sends wait past STUCK_AFTER_S (e.g. its topic was deleted under them)
-    d.checkpoint()
+    d.advance()
     tp0 = TopicPartition("in", 0)
     assert consumer.paused_tps == {tp0}
     assert PUBLISH_BLOCKED in d.health.problems and "out" in d.health.problems[PUBLISH_BLOCKED]
     for f in futures_of(producer, range(0, 3)):
         f.succeed()
-    d.checkpoint()
+    d.advance()
     assert consumer.paused_tps == set() and PUBLISH_BLOCKED not in d.health.problems
     assert consumer.committed_to(tp0) == 3
 
@@ -363,7 +363,7 @@ def test_bytes_in_flight_are_bounded_as_well_as_records() -> None:
     d.deliver(big[2:])
     assert not d.has_room()
     producer.sent[0][2].succeed()
-    d.checkpoint()
+    d.advance()
     assert d.has_room()
 
 

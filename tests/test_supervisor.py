@@ -21,14 +21,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
+from sentistream.worker.exits import EXIT_CONFIG, EXIT_CRASH_LOOP, EXIT_FAILED, EXIT_OK
 from sentistream.worker.lag import LagMonitor, partition_lag
 from sentistream.worker.metrics import SupervisorMetrics
 from sentistream.worker.settings import Settings
 from sentistream.worker.supervisor import (
-    EXIT_CONFIG,
-    EXIT_CRASH_LOOP,
-    EXIT_FAILED,
-    EXIT_OK,
     ChildReport,
     RestartPolicy,
     SlotView,

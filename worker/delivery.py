@@ -14,6 +14,12 @@ When a send fails:
 - anything else (not authorized, broker unreachable, timed out): that partition is rewound to
   the record, paused, and retried after a back-off (1 s, doubling, at most
   ``publish_retry_max_s``); other partitions flow on; ``/readyz`` says ``publish_blocked``.
+
+Both modes answer the loop alike: ``deliver`` (hand work over), ``advance`` (each turn: account for
+what settled since, resume partitions whose back-off ended) and ``settle`` (a record tried alone)
+return the partitions they rewound, whose held records the loop drops; ``has_room`` and ``wait``
+are the backpressure; ``revoke``, ``lose`` and ``close`` end partitions or the work. The dead
+letters sent instead of refused records are built by worker/dead_letters.py.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from kafka import errors as kerr
 from sentistream.worker import kafka_clients
 from sentistream.worker.batching import cut_by_size
 from sentistream.worker.contract import Reason, Rejection, encoded_size
-from sentistream.worker.faults import one_line as _one_line
+from sentistream.worker.faults import one_line
 from sentistream.worker.health import PUBLISH_BLOCKED, Health
 
 if TYPE_CHECKING:
@@ -251,7 +257,7 @@ class _Delivery:
         if message.dead_letter:
             return self.dead_letters.build(h.rejection, stub=True)  # type: ignore[arg-type]
         return self.dead_letters.build(Rejection(h.record, Reason.PUBLISH_FAILED,
-                                                 f"{message.topic}: {_one_line(exc)}", type(exc).__name__))
+                                                 f"{message.topic}: {one_line(exc)}", type(exc).__name__))
 
     # -- blocked partitions --------------------------------------------------------------------
     def _block(self, tp: TopicPartition, offset: int, topic: str, exc: BaseException) -> None:
@@ -264,10 +270,10 @@ class _Delivery:
             self.consumer.pause(tp)
         self.metrics.publish_blocked.labels(topic).inc()
         self._count_paused()
-        self.health.set(PUBLISH_BLOCKED, f"cannot publish to {topic} ({_one_line(exc)})")
+        self.health.set(PUBLISH_BLOCKED, f"cannot publish to {topic} ({one_line(exc)})")
         if attempts == 1:
             log.error("cannot publish to %s for %s[%d]@%d: %s; partition paused, retrying with back-off",
-                      topic, tp.topic, tp.partition, offset, _one_line(exc))
+                      topic, tp.topic, tp.partition, offset, one_line(exc))
 
     def _resume_due(self) -> None:
         now = self.clock()
@@ -329,8 +335,8 @@ class AtLeastOnce(_Delivery):
         try:
             self.producer.flush(timeout=30)
         except kerr.KafkaError as exc:
-            log.warning("sends still in flight: %s", _one_line(exc))
-        return self.checkpoint(blocking=True, only={tp})
+            log.warning("sends still in flight: %s", one_line(exc))
+        return self._commit_acknowledged(blocking=True, only={tp})
 
     def deliver(self, handled: Sequence[Handled]) -> set[TopicPartition]:
         for h in handled:
@@ -341,7 +347,7 @@ class AtLeastOnce(_Delivery):
                 for f in entry.futures:
                     if not isinstance(f, Failed):
                         f.add_callback(self._acked, h.record.timestamp)
-        return self.checkpoint()
+        return self._commit_acknowledged()
 
     def _acked(self, timestamp_ms: int, _metadata: object) -> None:
         self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - timestamp_ms / 1000))
@@ -357,11 +363,16 @@ class AtLeastOnce(_Delivery):
                 with contextlib.suppress(Exception):  # the failure is read from the future later
                     f.get(timeout=timeout)
 
-    def checkpoint(self, blocking: bool = False, only: set[TopicPartition] | None = None,
-                   replace: bool = True) -> set[TopicPartition]:
-        """Commit each partition's acknowledged prefix; dead-letter refused records; block the
-        partitions that cannot publish. Returns the partitions rewound (the loop drops what it
-        holds of them)."""
+    def advance(self) -> set[TopicPartition]:
+        """Each turn: commit (at most every ``commit_interval``) what was acknowledged since, and
+        the rest of :meth:`_commit_acknowledged`. Returns the partitions rewound."""
+        return self._commit_acknowledged()
+
+    def _commit_acknowledged(self, blocking: bool = False, only: set[TopicPartition] | None = None,
+                             replace: bool = True) -> set[TopicPartition]:
+        """Commit each partition's acknowledged prefix; dead-letter refused records (unless not
+        ``replace``); block the partitions that cannot publish; resume those whose back-off ended.
+        Returns the partitions rewound (the loop drops what it holds of them)."""
         advanced: dict[TopicPartition, int] = {}
         rewound: set[TopicPartition] = set()
         for tp, queue in list(self.pending.items()):
@@ -429,8 +440,8 @@ class AtLeastOnce(_Delivery):
         try:
             self.producer.flush(timeout=30)
         except kerr.KafkaError as exc:  # the broker is gone: commit what is acknowledged, no more
-            log.warning("sends still in flight at revoke: %s", _one_line(exc))
-        self.checkpoint(blocking=False, only=tps, replace=False)
+            log.warning("sends still in flight at revoke: %s", one_line(exc))
+        self._commit_acknowledged(blocking=False, only=tps, replace=False)
         unfinished = {tp: self.pending[tp][0].offset for tp in tps if self.pending.get(tp)}
         for tp in tps:
             self.pending.pop(tp, None)
@@ -454,9 +465,9 @@ class AtLeastOnce(_Delivery):
             try:
                 self.producer.flush(timeout=max(0.1, deadline - self.clock()))
             except kerr.KafkaError as exc:
-                log.warning("sends still in flight at close: %s", _one_line(exc))
-            self.checkpoint(blocking=True)
-        self.checkpoint(blocking=True)  # what was acknowledged before and not committed yet
+                log.warning("sends still in flight at close: %s", one_line(exc))
+            self._commit_acknowledged(blocking=True)
+        self._commit_acknowledged(blocking=True)  # what was acknowledged before and not committed yet
 
     def _commit(self, blocking: bool) -> None:
         """Commit every partition's acknowledged prefix held so far."""
@@ -509,7 +520,7 @@ class ExactlyOnce(_Delivery):
                 sent = [(h, m, self._send(m)) for h in work for m in h.messages]
                 refused = next((f.exception for _, _, f in sent if isinstance(f, Failed)), None)
                 if refused is not None:  # not sent at all: committing would skip its record
-                    raise kerr.KafkaError(f"a send was refused: {_one_line(refused)}")
+                    raise kerr.KafkaError(f"a send was refused: {one_line(refused)}")
                 bounded(self.producer.send_offsets_to_transaction, self._commit_map(offsets), self._membership())
                 bounded(self.producer.commit_transaction)
             except kerr.KafkaError as exc:
@@ -536,8 +547,10 @@ class ExactlyOnce(_Delivery):
         self._resume_due()
         return rewound
 
-    def checkpoint(self, blocking: bool = False) -> set[TopicPartition]:
-        self._resume_due()  # every piece of work is committed or rewound in deliver()
+    def advance(self) -> set[TopicPartition]:
+        """Each turn: resume the partitions whose back-off ended. Nothing to commit or rewind here:
+        deliver() commits or rewinds every piece of work before it returns."""
+        self._resume_due()
         return set()
 
     def settle(self, tp: TopicPartition) -> set[TopicPartition]:
@@ -569,12 +582,12 @@ class ExactlyOnce(_Delivery):
 
     def _abort(self, exc: BaseException) -> None:
         if isinstance(exc, FATAL_ERRORS):
-            raise DeliveryFailed(f"the transactional producer cannot go on: {_one_line(exc)}") from exc
+            raise DeliveryFailed(f"the transactional producer cannot go on: {one_line(exc)}") from exc
         try:
             bounded(self.producer.abort_transaction)
         except kerr.KafkaError as abort_exc:
-            raise DeliveryFailed(f"transaction failed ({_one_line(exc)}) and could not be aborted: "
-                                 f"{_one_line(abort_exc)}") from abort_exc
+            raise DeliveryFailed(f"transaction failed ({one_line(exc)}) and could not be aborted: "
+                                 f"{one_line(abort_exc)}") from abort_exc
 
     def _give_back(self, work: list[Handled], exc: BaseException) -> set[TopicPartition]:
         """The aborted work is not retried: its partitions may have a new owner, who reads the
@@ -585,7 +598,7 @@ class ExactlyOnce(_Delivery):
             with contextlib.suppress(Exception):  # no longer assigned: nothing to seek
                 self.consumer.seek(tp, first)
         log.warning("transaction aborted: %s; partitions %s are left to the group's current owners",
-                    _one_line(exc), sorted((tp.topic, tp.partition) for tp in firsts))
+                    one_line(exc), sorted((tp.topic, tp.partition) for tp in firsts))
         return set(firsts)
 
     def _after_abort(self, work: list[Handled], sent: list[tuple[Handled, Outgoing, Any]],
@@ -605,7 +618,7 @@ class ExactlyOnce(_Delivery):
                 if tp not in blocked_tps or h.record.offset < blocked_tps[tp][0]:
                     blocked_tps[tp] = (h.record.offset, m.topic)
         if not culprits and not blocked_tps:
-            log.warning("transaction aborted (%s); retrying", _one_line(exc))
+            log.warning("transaction aborted (%s); retrying", one_line(exc))
             return work
         for tp, (offset, topic) in blocked_tps.items():
             self._block(tp, offset, topic, exc)

@@ -23,6 +23,7 @@ from sentistream.worker.breaker import Breaker, Trip
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.control import ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
+from sentistream.worker.exits import EXIT_FAILED, EXIT_OK
 from sentistream.worker.faults import one_line
 from sentistream.worker.health import BROKER_UNREACHABLE, DLQ_BREAKER, STARTING, STOPPING, Health
 from sentistream.worker.metrics import WorkerMetrics
@@ -34,7 +35,6 @@ from sentistream.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FATAL = 0, 1
 LAG_EVERY_S = 2.0
 # A turn takes up to this many batches' worth of sentences; they are sorted by token count
 # together, so the wider the window the less padding (docs/performance.md).
@@ -148,7 +148,7 @@ class Worker:
                 self._hand_over(self.assignment, blocking=True)
             except DeliveryFailed as exc:
                 log.error("stopping: %s", exc)
-                return EXIT_FATAL
+                return EXIT_FAILED
         log.info("worker %d stopped cleanly", self.process_index)
         return EXIT_OK
 
@@ -176,7 +176,7 @@ class Worker:
                 self.process(self.collector.take(self._cut()))
         else:  # backpressure: no fetching until the oldest sends settle
             self.delivery.wait(0.2)
-        self._rewound(self.delivery.checkpoint())
+        self._rewound(self.delivery.advance())
         self._check_broker()
         self._report_lag()
 
@@ -327,7 +327,7 @@ class Worker:
         deadline = time.monotonic() + limit_s
         while not self.delivery.has_room() and time.monotonic() < deadline:
             self.delivery.wait(0.2)
-            self._rewound(self.delivery.checkpoint())
+            self._rewound(self.delivery.advance())
 
     def _process_alone(self, d: Decoded) -> set[TopicPartition]:
         """One record of a careful partition: its note, then its work, settled before the next."""
@@ -397,12 +397,7 @@ class Worker:
             if offsets:
                 with contextlib.suppress(Exception):  # not assigned any more: nothing to keep
                     self.consumer.seek(tp, min(offsets))
-        self.assignment -= revoked
-        self._notes_unread -= revoked
-        if self.report_lag:
-            for tp in revoked:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
-        self.metrics.assigned.set(len(self.assignment))
+        self._let_go(revoked)
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def on_lost(self, lost: set[TopicPartition]) -> None:
@@ -411,14 +406,18 @@ class Worker:
         self._rewound(lost)
         self.delivery.lose(lost)
         self.quarantine.forget(lost)
-        self.assignment -= lost
-        self._notes_unread -= lost
-        if self.report_lag:
-            for tp in lost:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
-        self.metrics.assigned.set(len(self.assignment))
+        self._let_go(lost)
         log.warning("partitions lost (this member was expelled from the group): %s",
                     sorted((tp.topic, tp.partition) for tp in lost))
+
+    def _let_go(self, tps: set[TopicPartition]) -> None:
+        """Partitions no longer this worker's: out of its assignment, their lag no longer its to report."""
+        self.assignment -= tps
+        self._notes_unread -= tps
+        if self.report_lag:
+            for tp in tps:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
+        self.metrics.assigned.set(len(self.assignment))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         # eager: the whole new assignment (everything was revoked first); cooperative: only the

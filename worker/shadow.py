@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sentistream.worker.batching import length_sorted_batches
 from sentistream.worker.bundle import Bundle
 from sentistream.worker.contract import ModelRef
+from sentistream.worker.faults import one_line
 
 if TYPE_CHECKING:
     from sentistream.worker.metrics import WorkerMetrics
@@ -45,7 +46,7 @@ class Shadow:
         try:
             return cls(Bundle(path, threads=threads, max_tokens=max_tokens), metrics, batch_size)
         except Exception as exc:  # BundleError, or onnxruntime's untyped errors: serving goes on
-            log.error("shadow bundle %s dropped: it cannot be loaded (%s)", path, _one_line(exc))
+            log.error("shadow bundle %s dropped: it cannot be loaded (%s)", path, one_line(exc))
             metrics.shadow_dropped.labels("load_failed").inc()
             return None
 
@@ -61,7 +62,7 @@ class Shadow:
             labels = self._classify(texts)
         except Exception as exc:  # whatever the candidate does, serving goes on without it
             log.error("shadow %s %s dropped: it failed on a batch of %d sentences (%s)", self.model.name,
-                      self.model.version, len(texts), _one_line(exc))
+                      self.model.version, len(texts), one_line(exc))
             self.metrics.shadow_dropped.labels("crashed").inc()
             self.retire()
             return False
@@ -88,8 +89,3 @@ class Shadow:
         """No longer running beside serving (promoted, replaced or dropped)."""
         m = self.bundle.manifest
         self.metrics.shadow_info.labels(m.name, m.version, m.files["model.onnx"]).set(0)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -38,6 +38,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from sentistream.worker.exits import EXIT_CONFIG, EXIT_CRASH_LOOP, EXIT_FAILED, EXIT_OK
 from sentistream.worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_CRASH_LOOP = 3
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STABLE_AFTER_S = 60.0  # a child that ran this long before exiting starts its back-off over
 STOP_GRACE_S = 60.0
@@ -65,7 +62,8 @@ Clock = Callable[[], float]
 
 
 # -- one worker in this process -------------------------------------------------------------------
-def run_one(settings: Settings, index: int = 0, serve_http: bool = True, bundle: Bundle | None = None) -> int:
+def run_worker_process(settings: Settings, index: int = 0, serve_http: bool = True,
+                       bundle: Bundle | None = None) -> int:
     """One worker in this process (the child's body, and the whole thing when N = 1); ``bundle``:
     one already loaded. A supervisor's child serves no HTTP and reports no lag."""
     stop_event = threading.Event()
@@ -114,7 +112,7 @@ def _child(settings: Settings, index: int) -> None:
     from sentistream.worker.logs import setup_logging
 
     setup_logging(settings.log_level, f"worker-{index}")
-    raise SystemExit(run_one(settings, index, serve_http=False))
+    raise SystemExit(run_worker_process(settings, index, serve_http=False))
 
 
 # -- restart policy (pure) ------------------------------------------------------------------------
