@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from sentistream.bench.run import Topics
+from sentistream.bench.scrape import wait_ready
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import free_port
-from sentistream.cli.flags import worker_command
-from sentistream.cli.scrape import wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.bundle import Manifest, staged_bundle
 from sentistream.worker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -119,10 +118,10 @@ def _process(row: str, s: Settings, bundle: Path | None, extra: list[str]) -> tu
     if row == "echo":
         cmd = [sys.executable, "-m", "sentistream.bench.latency", "echo", s.bootstrap_servers, s.input_topic,
                s.output_topic, s.group_id]
-        return subprocess.Popen(cmd, cwd=REPO), None
+        return subprocess.Popen(cmd), None
     port = free_port()
     cmd = worker_command(s, *extra, metrics_port=port, bundle=bundle, processes=1, threads=1, log_level="ERROR")
-    return subprocess.Popen(cmd, cwd=REPO), f"http://127.0.0.1:{port}/metrics"
+    return subprocess.Popen(cmd), f"http://127.0.0.1:{port}/metrics"
 
 
 def measure(row: str, settings: Settings, bootstrap: str, bundle: Path | None, rate: float, seconds: float,

@@ -21,16 +21,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from sentistream.bench.scrape import quantile, scrape, wait_ready
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import LocalCluster, free_port
-from sentistream.cli.flags import worker_command
-from sentistream.cli.scrape import quantile, scrape, wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.batching import length_sorted_batches
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.loop import POLL_BATCHES
 from sentistream.worker.settings import Settings
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -141,7 +139,7 @@ def worker_throughput(settings: Settings, bootstrap: str, bundle: Path, texts: l
     proc = None
     try:
         topics.preload(texts)
-        proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, processes, threads, batch_size), cwd=REPO)
+        proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, processes, threads, batch_size))
         t0, t1, counted = _wait_counter(f"http://127.0.0.1:{port}/metrics", "sentistream_messages_classified_total",
                                         len(texts), 600, proc)
         out = kafka_clients.consumer(topics.settings, bootstrap, group_id=None)
@@ -166,7 +164,7 @@ def peer_throughput(settings: Settings, bootstrap: str, module: str, checkpoint:
         topics.preload(texts)
         s = topics.settings
         proc = subprocess.Popen([sys.executable, "-m", module, bootstrap, s.input_topic, s.output_topic,
-                                 s.group_id, str(checkpoint)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                 s.group_id, str(checkpoint)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         from kafka import TopicPartition
 
@@ -197,7 +195,7 @@ def latency_at_rate(settings: Settings, bootstrap: str, bundle: Path, rate: floa
     topics = Topics(settings, bootstrap, 4)
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
+    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32))
     try:
         wait_ready(url, proc=proc)
         producer = kafka_clients.producer(topics.settings, bootstrap, linger_ms=0)
@@ -236,7 +234,7 @@ def idle_cpu(settings: Settings, bootstrap: str, bundle: Path, seconds: float = 
     """Share of one core a ready worker uses with no traffic."""
     topics = Topics(settings, bootstrap, 4)
     port = free_port()
-    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32), cwd=REPO)
+    proc = subprocess.Popen(_worker_cmd(topics.settings, port, bundle, 1, 1, 32))
     try:
         wait_ready(f"http://127.0.0.1:{port}/metrics", proc=proc)
         time.sleep(2)

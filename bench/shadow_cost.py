@@ -10,21 +10,20 @@ import json
 import sys
 import time
 from collections import namedtuple
-from pathlib import Path
 
+from sentistream.bench.texts import example_reviews
 from sentistream.worker.bundle import Bundle, default_bundle_path
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.pipeline import Pipeline
 from sentistream.worker.settings import Settings
 from sentistream.worker.shadow import Shadow
 
-REPO = Path(__file__).resolve().parents[1]
 Rec = namedtuple("Rec", "topic partition offset timestamp key value headers")
 N, CHUNK = 1280, 256  # records, and records per piece of work (the worker's poll window)
 
 
 def records() -> list[Rec]:
-    texts = [t.strip() for t in (REPO / "examples" / "reviews.txt").read_text().splitlines() if t.strip()]
+    texts = example_reviews()
     return [Rec("in", 0, i, 0, None, json.dumps({"id": f"m{i}", "text": f"{texts[i % len(texts)]} ({i % 7})"}).encode(),
                 [])
             for i in range(N)]

@@ -36,17 +36,14 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from sentistream.bench.streams import Feeder, Monitor
+from sentistream.bench.scrape import wait_ready
+from sentistream.bench.texts import example_reviews
+from sentistream.bench.traffic import Feeder, Monitor
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import free_port
-from sentistream.cli.flags import worker_command
-from sentistream.cli.scrape import wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.lag import LagMonitor
 from sentistream.worker.settings import Settings
-
-REPO = Path(__file__).resolve().parents[1]
-FALLBACK_TEXTS = ("The acting is superb.", "A dull, lifeless film.", "It is a movie.",
-                  "Not bad at all, though the ending drags.", "An instant classic!")
 
 SAMPLE_EVERY_S = 5.0
 WINDOW_S = 30.0  # latency percentiles per window
@@ -66,13 +63,6 @@ SETTLE_S = 5.0
 TARGET_PERIOD_S = 180.0
 DRAIN_TIMEOUT_S = 120.0  # after the feed stops, for the last results to arrive
 STOP_TIMEOUT_S = 60.0
-
-
-def soak_texts() -> list[str]:
-    """The example reviews (varied lengths); a fixed handful where the repository is not at hand."""
-    path = REPO / "examples" / "reviews.txt"
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return lines or list(FALLBACK_TEXTS)
 
 
 def default_restart_every(minutes: float) -> float:
@@ -151,7 +141,7 @@ class _LagGauge:
 
 # -- the moving parts ---------------------------------------------------------------------------
 @dataclass
-class Worker:
+class SoakWorker:
     """One ``sentistream worker`` process (1 process × 1 thread), its log appended to ``log``."""
 
     settings: Settings
@@ -160,11 +150,11 @@ class Worker:
     port: int = 0
     starts: int = 0
 
-    def start(self) -> Worker:
+    def start(self) -> SoakWorker:
         self.port = free_port()
         cmd = worker_command(self.settings, metrics_port=self.port, processes=1, threads=1, log_level="WARNING")
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                          stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
         return self
@@ -201,7 +191,7 @@ class Sampler:
 
     COLUMNS = ("t_s", "a_pid", "a_rss_mb", "a_fds", "a_threads", "b_pid", "b_rss_mb", "b_fds", "b_threads", "lag")
 
-    def __init__(self, settings: Settings, a: Worker, b: Worker, started: float) -> None:
+    def __init__(self, settings: Settings, a: SoakWorker, b: SoakWorker, started: float) -> None:
         self.a, self.b, self.started = a, b, started
         self.lag = _LagGauge()
         self.lag_monitor = LagMonitor(settings, self.lag, every_s=SAMPLE_EVERY_S)
@@ -481,7 +471,7 @@ def run_soak(settings: Settings, minutes: float, rate: float | None, restart_eve
              say: Callable[[str], None]) -> Figures:
     """The whole soak against ``settings``' cluster; files go to ``out_dir``."""
     bootstrap = kafka_clients.resolve_bootstrap(settings)
-    texts = soak_texts()
+    texts = example_reviews()
     peak = None
     if rate is None:
         say("measuring one worker's peak (1 process × 1 thread) ...")
@@ -492,7 +482,7 @@ def run_soak(settings: Settings, minutes: float, rate: float | None, restart_eve
     s = soak_settings(settings, bootstrap)
     admin = kafka_clients.admin(s, bootstrap)
     kafka_clients.ensure_topics(admin, kafka_clients.topic_specs(s))
-    a, b = Worker(s, out_dir / "soak-worker-a.log"), Worker(s, out_dir / "soak-worker-b.log")
+    a, b = SoakWorker(s, out_dir / "soak-worker-a.log"), SoakWorker(s, out_dir / "soak-worker-b.log")
     parts: list[Any] = []
     try:
         say(f"soak: {minutes:g} min at {rate:.1f} msgs/s, B restarted every {restart_every:.0f} s; "
@@ -558,7 +548,7 @@ def _reconcile(fig: Figures, feeder: Feeder, monitor: Monitor, sampler: Sampler)
     fig.dead_letters = monitor.dead_letters
 
 
-def _drive(fig: Figures, a: Worker, b: Worker, start: float, duration: float, restart_every: float,
+def _drive(fig: Figures, a: SoakWorker, b: SoakWorker, start: float, duration: float, restart_every: float,
            say: Callable[[str], None]) -> None:
     """Until ``duration`` has passed: restart B on schedule and note when the new B is ready
     (``fig.restarts``); stop early if A dies."""

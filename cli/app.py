@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from sentistream.cli.clients import client_settings, make_settings
 from sentistream.cli.dlq_cmd import dlq_app
 from sentistream.cli.flags import with_settings_flags
 from sentistream.cli.model import model_app
@@ -30,32 +31,6 @@ app.add_typer(dlq_app, name="dlq")
 
 BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="host:port[,host:port]; "
                          "default: KAFKA_BOOTSTRAP_SERVERS, else the local broker")]
-
-
-def make_settings(**flags: Any) -> Settings:
-    """Env vars, overridden by the flags the user gave (None means: not given)."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    if "bootstrap" in given:
-        given["bootstrap_servers"] = given.pop("bootstrap")
-    return Settings(**given)
-
-
-def client_settings(**flags: Any) -> Settings:
-    """:func:`make_settings` for commands that talk to Kafka: with no cluster configured, the
-    local broker that `sentistream broker up` started (if one runs) is the one. On a TLS or SASL
-    cluster, a pre-flight turns an untrusted certificate or a wrong password into one plain line
-    at once (kafka-python alone retries for 30 s, then says "Unable to bootstrap")."""
-    from sentistream.broker.local import LocalCluster
-    from sentistream.worker.kafka_clients import preflight
-
-    settings = make_settings(**flags)
-    if settings.bootstrap_servers is None:
-        state = LocalCluster(settings.home).state()
-        if state is not None:
-            settings = settings.model_copy(update={"bootstrap_servers": state.bootstrap})
-    if settings.bootstrap_servers:
-        preflight(settings, settings.bootstrap_servers)
-    return settings
 
 
 def _echo(line: str) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sentistream.bench.scrape import quantile, scrape, wait_ready
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import LocalCluster, free_port
-from sentistream.cli.flags import worker_command
-from sentistream.cli.scrape import quantile, scrape, wait_ready
 from sentistream.worker import kafka_clients
 from sentistream.worker.settings import Settings
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sentistream.cli.clients import client_settings
 from sentistream.cli.flags import with_settings_flags
 
 if TYPE_CHECKING:
@@ -42,12 +43,6 @@ ContainsOpt = Annotated[str | None, typer.Option(metavar="TEXT", help="text the 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of text")]
 
 
-def _settings(flags: dict[str, Any]) -> Settings:
-    from sentistream.cli.app import client_settings
-
-    return client_settings(**flags)
-
-
 def _filter(reason: list[str] | None, since: str | None, until: str | None, ids: list[str] | None,
             keys: list[str] | None, contains: str | None) -> Filter:
     from sentistream.cli.dlq import make_filter
@@ -68,7 +63,7 @@ def stats_cmd(as_json: JsonOpt = False, **flags: Any) -> None:
     from sentistream.cli.dlq import collect_stats, topic_size
     from sentistream.cli.dlq_replay import ledger, parked_topic
 
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     stats = collect_stats(settings)  # first: says so when the topic is missing
     parked = topic_size(settings, parked_topic(settings))
     jobs = list(reversed(ledger(settings)))[:5]
@@ -128,7 +123,7 @@ def browse_cmd(reason: ReasonOpt = None, since: SinceOpt = None, until: UntilOpt
     from sentistream.cli.dlq import dead_letter_json, read_dead_letters
 
     flt = _filter(reason, since, until, ids, keys, contains)
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     shown = 0
     for dl in read_dead_letters(settings, flt):
         if limit is not None and shown >= limit:
@@ -194,7 +189,7 @@ def replay_cmd(
     from sentistream.worker.errors import UserError
 
     flt = _filter(reason, since, until, ids, keys, contains)
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     opts = ReplayOptions(flt, allowed_topics(settings, replay_topics), to, max_replays, rate, max_records)
     check_options(settings, opts)
     if dry_run:
@@ -283,7 +278,7 @@ def resume_cmd(**flags: Any) -> None:
     from sentistream.worker import kafka_clients
     from sentistream.worker.control import Resume
 
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     key, value = Resume(issued_by=f"{getpass.getuser()}@{socket.gethostname()}").encode()
     producer = kafka_clients.producer(settings, kafka_clients.resolve_bootstrap(settings))
     try:

@@ -1,20 +1,20 @@
 """Command-line flags generated from :class:`Settings`: every setting is a flag, named after it
 (``max_wait_ms`` → ``--max-wait-ms``), with the field's description as its help. Secrets are
-read from the environment only, so they never show in the process list."""
+read from the environment only, so they never show in the process list. The same names make the
+command line that runs a worker (bench/worker_process.py)."""
 
 from __future__ import annotations
 
 import inspect
-import sys
 import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
-from pydantic import SecretStr
 
-from sentistream.worker.settings import Settings
+# worker_command: tests/test_security.py imports it from here
+from sentistream.bench.worker_process import flag_name, flag_settings, worker_command  # noqa: F401
 
 ALIASES = {"bootstrap_servers": ("--bootstrap",), "group_id": ("--group",)}
 
@@ -34,11 +34,11 @@ def settings_parameters(names: Iterable[str] | None = None) -> list[inspect.Para
     """One keyword parameter per setting (``None`` when not given: the environment decides)."""
     wanted = set(names) if names is not None else None
     params = []
-    for name, field in Settings.model_fields.items():
-        if (wanted is not None and name not in wanted) or SecretStr in get_args(field.annotation):
+    for name, field in flag_settings().items():
+        if wanted is not None and name not in wanted:
             continue
         kind, note = _flag_type(field.annotation)
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag, *ALIASES.get(name, ()))
         default = "" if field.default_factory is not None or field.default is None else f"default {field.default}"
         help_text = "; ".join(p for p in (field.description, note, default) if p)
@@ -59,21 +59,3 @@ def with_settings_flags(names: Iterable[str] | None = None) -> Callable[[Callabl
         return fn
 
     return decorate
-
-
-def worker_command(settings: Settings, *extra: str, **overrides: Any) -> list[str]:
-    """The command that runs ``sentistream worker`` with ``settings`` (updated by ``overrides``):
-    every setting that differs from its default as its flag, then ``extra``. Secrets stay in the
-    environment."""
-    s = settings.model_copy(update=overrides)
-    argv = [sys.executable, "-m", "sentistream.cli", "worker"]
-    for param in settings_parameters():
-        value, default = getattr(s, param.name), Settings.model_fields[param.name].get_default(call_default_factory=True)
-        if value is None or value == default:
-            continue
-        flag = "--" + param.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-        else:
-            argv += [flag, str(value)]
-    return [*argv, *extra]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sentistream.cli.clients import client_settings
 from sentistream.cli.flags import with_settings_flags
 from sentistream.worker.errors import UserError
 
@@ -30,12 +31,6 @@ Sha256Opt = Annotated[str | None, typer.Option("--sha256", help="the manifest.js
 AllowOpt = Annotated[bool, typer.Option("--allow-label-change", help="write the command although its labels "
                                         "differ from the serving bundle's; a worker carries it out only if it runs "
                                         "with its own allow_label_change setting")]
-
-
-def _settings(flags: dict[str, Any]):
-    from sentistream.cli.app import client_settings
-
-    return client_settings(**flags)
 
 
 def _state(settings) -> State:
@@ -134,7 +129,7 @@ def write(settings, command: str, bundle: Path, sha256: str | None = None, allow
 def shadow_cmd(directory: Annotated[Path, typer.Argument(help="candidate bundle directory (as the workers see it)")],
                sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
     """Run a candidate bundle beside the serving one on every worker; only the serving one publishes."""
-    typer.echo(write(_settings(flags), "shadow", directory, sha256, allow_label_change))
+    typer.echo(write(client_settings(**flags), "shadow", directory, sha256, allow_label_change))
 
 
 @model_app.command("promote")
@@ -142,7 +137,7 @@ def shadow_cmd(directory: Annotated[Path, typer.Argument(help="candidate bundle 
 def promote_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle to serve; default: the shadow's")] = None,
                 sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
     """Serve a bundle (by default the shadow) on every worker, from their next batch on; the shadow ends."""
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     state = None  # read once needed: a bad --sha256 is refused before any Kafka call
     if directory is None:
         state = _state(settings)
@@ -160,7 +155,7 @@ def rollback_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle t
     """Serve an earlier bundle on every worker and stop the shadow."""
     from sentistream.worker.bundle import default_bundle_path
 
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     target = directory or Path(settings.bundle or default_bundle_path())
     typer.echo(write(settings, "rollback", target, sha256, allow_label_change))
 
@@ -169,7 +164,7 @@ def rollback_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle t
 @with_settings_flags(("bootstrap_servers", "control_topic"))
 def status_cmd(**flags: Any) -> None:
     """What the control topic tells the workers to serve and to shadow."""
-    settings = _settings(flags)
+    settings = client_settings(**flags)
     state = _state(settings)
     if state.serving is None:
         typer.echo(f"{settings.control_topic}: no serving command (workers serve their --bundle)")

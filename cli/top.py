@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sentistream.cli.scrape import Snapshot, quantile, scrape
+from sentistream.bench.scrape import Snapshot, quantile, scrape
 
 E2E = "sentistream_end_to_end_seconds"
 

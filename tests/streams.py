@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentistream.bench.streams import Feeder, Monitor, record_id
+from sentistream.bench.traffic import Feeder, Monitor, record_id
 from sentistream.worker.loop import POLL_BATCHES
 from sentistream.worker.settings import Settings
 from tests.cluster import KafkaCluster

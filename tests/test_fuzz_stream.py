@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 from kafka import TopicPartition
 
-from sentistream.cli.scrape import scrape
+from sentistream.bench.scrape import scrape
 from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.kafka

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.cli.scrape import scrape
+from sentistream.bench.scrape import scrape
 from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
 from sentistream.worker.control import Command
 from sentistream.worker.settings import Settings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.cli.scrape import scrape
+from sentistream.bench.scrape import scrape
 from tests.cluster import ForeignRecord
 from tests.hanging_bundle import HANG_WORD, build
 from tests.workers import WorkerProcess

@@ -492,7 +492,7 @@ def test_the_lag_monitor_reads_end_and_committed_offsets(kafka, topics) -> None:
 
 @pytest.mark.kafka
 def test_supervisor_readiness_names_a_killed_worker_and_lag_counts_while_workers_are_down(kafka, topics, tmp_path) -> None:
-    from sentistream.cli.scrape import scrape
+    from sentistream.bench.scrape import scrape
     from tests.workers import WorkerProcess, json_items
 
     s = topics()

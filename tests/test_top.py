@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sentistream.cli.scrape import Snapshot
+from sentistream.bench.scrape import Snapshot
 from sentistream.cli.top import Reading, compare, metrics_url, render
 
 

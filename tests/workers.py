@@ -11,9 +11,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentistream.bench.scrape import scrape
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import free_port
-from sentistream.cli.flags import worker_command
-from sentistream.cli.scrape import scrape
 from sentistream.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

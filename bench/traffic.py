@@ -1,4 +1,4 @@
-"""A steady input stream and a downstream reader around running workers, shared by the soak
+"""Traffic around running workers: a steady input stream and a downstream reader, shared by the soak
 (bench/soak.py) and the tests that change things while records flow (tests/streams.py):
 
 - :class:`Feeder` sends ``{"id", "text"}`` records at a steady rate and remembers when each id was
