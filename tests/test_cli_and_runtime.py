@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,26 +17,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
-RUNTIME = Path(__file__).resolve().parents[1] / "worker"
-ABOVE_THE_RUNTIME = ("sentistream.export", "sentistream.bench", "sentistream.cli", "sentistream.broker", "torch",
-                     "transformers")
-
-
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_the_runtime_imports_nothing_above_it() -> None:
-    """Imports point down only: the CLI and tooling, then export and bench, then the runtime."""
-    wrong = {f"{path.name}: {name}" for path in RUNTIME.glob("*.py") for name in _imports(path)
-             if name.startswith(ABOVE_THE_RUNTIME) or name.split(".")[0] in ("worker", "export", "bench", "cli")}
-    assert not wrong, sorted(wrong)
+# That the runtime imports nothing above it (worker/ imports only worker/): tests/test_imports.py.
 
 
 def test_serving_loads_neither_torch_nor_the_tooling() -> None:
