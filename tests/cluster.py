@@ -2,8 +2,10 @@
 ``tests/integration/cluster_fixture.py``): its clients, the tests' topics, records written with
 kafka-python, confluent-kafka or kcat, records read back, ACLs, committed offsets.
 
-``tests/conftest.py``'s session fixture ``kafka`` yields one for the session's cluster;
-``tests/test_faults.py`` builds its own on its 3-node cluster.
+:func:`own_cluster` starts a local cluster of the run's own and yields one: ``tests/conftest.py``'s
+session fixture ``kafka`` (unless a cluster is configured), and the modules that need brokers of
+their own (``tests/test_faults.py``: 3 nodes; ``tests/test_cutoff.py``: on a bridge's address;
+``tests/test_security.py``: TLS and SASL_SSL, started with ``sentistream broker up``).
 
 ACLs: every client of the local broker is ``User:ANONYMOUS`` (PLAINTEXT, no authentication), and
 a resource with no ACL is open to all (``allow.everyone.if.no.acl.found``).
@@ -22,8 +24,10 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -38,8 +42,9 @@ from kafka.admin import (
     ResourceType,
 )
 
+from sentistream.broker.local import ClusterState, LocalCluster
 from sentistream.worker import kafka_clients
-from sentistream.worker.settings import Settings
+from sentistream.worker.settings import Settings, default_home
 
 PRINCIPAL = "User:ANONYMOUS"
 
@@ -56,10 +61,13 @@ class ForeignRecord:
 
 class KafkaCluster:
     """A cluster at ``bootstrap``, and the topics made through it (:meth:`create_topics`) that
-    are not deleted yet."""
+    are not deleted yet. ``local``: its nodes, when this run started it (:func:`own_cluster`);
+    the clients made here then carry its TLS and SASL settings, if it has any."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, local: LocalCluster | None = None) -> None:
         self.bootstrap = bootstrap
+        self.local = local
+        self.security: dict[str, Any] = local.client_config() if local is not None else {}
         self.made: list[str] = []
 
     def __repr__(self) -> str:
@@ -67,19 +75,19 @@ class KafkaCluster:
 
     # -- clients ---------------------------------------------------------------------------
     def admin(self, **config: Any) -> KafkaAdminClient:
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), **config)
+        return KafkaAdminClient(**{"bootstrap_servers": self.bootstrap.split(","), **self.security, **config})
 
     def producer(self, **config: Any) -> KafkaProducer:
         """kafka-python, acks=all, requests up to 4 MiB; ``config`` adds or overrides."""
         return KafkaProducer(**{"bootstrap_servers": self.bootstrap.split(","), "acks": "all",
-                                "max_request_size": 4 * 1024 * 1024, **config})
+                                "max_request_size": 4 * 1024 * 1024, **self.security, **config})
 
     def consumer(self, *topics: str, **config: Any) -> KafkaConsumer:
         """kafka-python, no group, from the earliest offset, no auto-commit, read_committed;
         ``config`` adds or overrides."""
         return KafkaConsumer(*topics, **{"bootstrap_servers": self.bootstrap.split(","), "group_id": None,
                                          "auto_offset_reset": "earliest", "enable_auto_commit": False,
-                                         "isolation_level": "read_committed", **config})
+                                         "isolation_level": "read_committed", **self.security, **config})
 
     # -- topics ----------------------------------------------------------------------------
     def create_topics(self, settings: Settings, specs: dict[str, dict[str, Any]] | None = None) -> list[str]:
@@ -242,6 +250,27 @@ class KafkaCluster:
         finally:
             admin.close()
         return True
+
+
+@contextmanager
+def own_cluster(data_dir: Path | None = None, *, home: Path | None = None, nodes: int = 1, acls: bool = False,
+                host: str = "127.0.0.1", timeout: float = 120,
+                start: Callable[[LocalCluster], ClusterState] | None = None) -> Iterator[KafkaCluster]:
+    """A local cluster of this run's own, in ``data_dir`` (default: ``home``'s ``broker``), as a
+    :class:`KafkaCluster` whose ``local`` holds its nodes; stopped and its data wiped at the end,
+    even when it never came up.
+
+    It starts with :meth:`LocalCluster.up` on free ports (``nodes``, ``acls``, ``host`` and
+    ``timeout`` as there), or, given ``start``, with ``start(local)`` instead: a test that starts it
+    as a user does (``sentistream broker up``) returns its state from there. The jars are cached in
+    ``home`` (default: the user's home, shared with ``sentistream broker up``); data is not.
+    """
+    local = LocalCluster(home=home or default_home(), data_dir=data_dir)
+    try:
+        state = start(local) if start else local.up(nodes=nodes, port=0, timeout=timeout, acls=acls, host=host)
+        yield KafkaCluster(state.bootstrap, local)
+    finally:
+        local.down(wipe=True)
 
 
 def _absent_from(data: bytes) -> str:

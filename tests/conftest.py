@@ -10,6 +10,7 @@ configured cluster without an authorizer the tests that take ``acl_kafka`` are s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.broker.local import KAFKA_VERSION, LocalCluster
-from sentistream.worker.settings import Settings, default_home
-from tests.cluster import KafkaCluster
+from sentistream.broker.local import KAFKA_VERSION
+from sentistream.worker.settings import Settings
+from tests.cluster import KafkaCluster, own_cluster
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
@@ -40,22 +41,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """The session's cluster; the topics made through it and not deleted yet are deleted at the end."""
     configured = _configured_bootstrap()
-    if configured:
-        cluster = KafkaCluster(configured)
+    clusters = contextlib.nullcontext(KafkaCluster(configured)) if configured else \
+        own_cluster(tmp_path_factory.mktemp("kafka"), acls=True)
+    with clusters as cluster:
         try:
             yield cluster
         finally:
             cluster.delete_topics()
-        return
-    # Jars are cached in the user's home (shared with `sentistream broker up`); data is not.
-    local = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka"))
-    state = local.up(nodes=1, port=0, timeout=120, acls=True)
-    try:
-        cluster = KafkaCluster(state.bootstrap)
-        yield cluster
-        cluster.delete_topics()
-    finally:
-        local.down(wipe=True)
 
 
 @pytest.fixture(scope="session")

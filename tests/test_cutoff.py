@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.broker.local import LocalCluster
-from sentistream.worker.settings import Settings, default_home
-from tests.cluster import KafkaCluster
+from sentistream.worker.settings import Settings
+from tests.cluster import KafkaCluster, own_cluster
 from tests.streams import FRESH_TIMEOUT_S, Figures, Keeper, Stream, finish
 
 pytestmark = [
@@ -123,12 +122,9 @@ def network() -> Iterator[Network]:
 
 @pytest.fixture(scope="module")
 def cluster(network: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    local = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka-netns"))
-    state = local.up(nodes=1, port=0, timeout=120, host=network.gateway)
-    try:
-        yield KafkaCluster(state.bootstrap)
-    finally:
-        local.down(wipe=True)
+    """One broker listening on the bridge's address, where both hosts reach it."""
+    with own_cluster(tmp_path_factory.mktemp("kafka-netns"), host=network.gateway) as cluster:
+        yield cluster
 
 
 def _owned(w) -> int:

@@ -25,15 +25,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
 
-from sentistream.broker.local import LocalCluster, live_broker_ids
+from sentistream.broker.local import live_broker_ids
 from sentistream.worker import kafka_clients
-from sentistream.worker.settings import Settings, default_home
-from tests.cluster import KafkaCluster
+from sentistream.worker.settings import Settings
+from tests.cluster import KafkaCluster, own_cluster
 from tests.streams import FRESH_TIMEOUT_S, PRODUCER_DELIVERY_TIMEOUT_S, Figures, Keeper, Stream, finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -43,107 +42,110 @@ NODES = (1, 2, 3)
 OUTAGE_S = 35.0  # full outage; the worker's producer gives a send up after delivery_timeout_ms
 
 
-# -- the cluster -----------------------------------------------------------------------------
-class FaultCluster(KafkaCluster):
-    """The module's 3-node cluster: :class:`KafkaCluster`'s clients and helpers, plus its nodes
-    (``local``) and where partitions and coordinators sit. Its topics are not deleted one by one:
-    the whole cluster is wiped at the end of the module."""
+# -- where things sit on the cluster ----------------------------------------------------------
+# The module's cluster is an own_cluster of 3 nodes (its ``local``); its topics are not deleted one
+# by one: the whole cluster is wiped at the end of the module.
+def _admin(cluster: KafkaCluster) -> KafkaAdminClient:
+    """A short request timeout: nodes of this cluster go down on purpose."""
+    return cluster.admin(request_timeout_ms=10_000)
 
-    def __init__(self, local: LocalCluster, bootstrap: str) -> None:
-        super().__init__(bootstrap)
-        self.local = local
 
-    def admin(self, **config: Any) -> KafkaAdminClient:
-        """A short request timeout: nodes of this cluster go down on purpose."""
-        return super().admin(**{"request_timeout_ms": 10_000, **config})
+def partitions(cluster: KafkaCluster, topic: str) -> list[dict]:
+    admin = _admin(cluster)
+    try:
+        return admin.describe_topics([topic])[0]["partitions"]
+    finally:
+        admin.close()
 
-    def partitions(self, topic: str) -> list[dict]:
-        admin = self.admin()
-        try:
-            return admin.describe_topics([topic])[0]["partitions"]
-        finally:
-            admin.close()
 
-    def leader(self, topic: str, partition: int) -> int:
-        """The partition's leader; -1 while there is none (or the topic is not known yet)."""
-        return next((p["leader_id"] for p in self.partitions(topic) if p["partition_index"] == partition), -1)
+def leader(cluster: KafkaCluster, topic: str, partition: int) -> int:
+    """The partition's leader; -1 while there is none (or the topic is not known yet)."""
+    return next((p["leader_id"] for p in partitions(cluster, topic) if p["partition_index"] == partition), -1)
 
-    def group_coordinator(self, group: str) -> int:
-        """The node leading the __consumer_offsets partition the group hashes to, as Kafka
-        places it: ``Utils.abs(group.hashCode()) % partitions``."""
-        offsets = self.partitions("__consumer_offsets")
-        return self.leader("__consumer_offsets", (_java_hash(group) & 0x7FFFFFFF) % len(offsets))
 
-    def name_on(self, internal_topic: str, wanted: Callable[[int], bool], prefix: str, suffix: str = "") -> str:
-        """A fresh name (a group id, a transactional id) whose coordinator node satisfies
-        ``wanted``: the leader of the ``internal_topic`` partition that ``name + suffix`` hashes to."""
-        leaders = {p["partition_index"]: p["leader_id"] for p in self.partitions(internal_topic)}
-        while True:
-            name = f"{prefix}{uuid.uuid4().hex[:10]}"
-            if wanted(leaders[(_java_hash(name + suffix) & 0x7FFFFFFF) % len(leaders)]):
-                return name
+def group_coordinator(cluster: KafkaCluster, group: str) -> int:
+    """The node leading the __consumer_offsets partition the group hashes to, as Kafka places
+    it: ``Utils.abs(group.hashCode()) % partitions``."""
+    offsets = partitions(cluster, "__consumer_offsets")
+    return leader(cluster, "__consumer_offsets", (_java_hash(group) & 0x7FFFFFFF) % len(offsets))
 
-    def transaction_coordinators(self, prefix: str) -> set[int]:
-        admin = self.admin()
-        try:
-            listing = admin.list_transactions()
-        finally:
-            admin.close()
-        return {node for node, txns in listing.items() if any(t.transactional_id.startswith(prefix) for t in txns)}
 
-    def heal(self, timeout: float = 120) -> None:
-        """Start any node a failed test left down; wait until every node is live and every
-        partition's replicas are in sync; give each partition back to its preferred leader (a
-        restarted node leads nothing until then)."""
-        stopped = self.local.stopped_nodes()
-        if stopped:
-            self.local.start_nodes(stopped, timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while not (live_broker_ids(self.bootstrap) == set(NODES) and self._fully_replicated()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the cluster did not heal in {timeout} s")
-            time.sleep(0.5)
-        admin = self.admin()
-        try:
-            admin.elect_leaders(0, raise_errors=False)  # 0: preferred; "not needed" errors are fine
-        finally:
-            admin.close()
+def name_on(cluster: KafkaCluster, internal_topic: str, wanted: Callable[[int], bool], prefix: str,
+            suffix: str = "") -> str:
+    """A fresh name (a group id, a transactional id) whose coordinator node satisfies ``wanted``:
+    the leader of the ``internal_topic`` partition that ``name + suffix`` hashes to."""
+    leaders = {p["partition_index"]: p["leader_id"] for p in partitions(cluster, internal_topic)}
+    while True:
+        name = f"{prefix}{uuid.uuid4().hex[:10]}"
+        if wanted(leaders[(_java_hash(name + suffix) & 0x7FFFFFFF) % len(leaders)]):
+            return name
 
-    def create_led_topics(self, s: Settings, leaders: list[int]) -> None:
-        """The stream's topics, 3 replicas each; partition p led by ``leaders[p]``."""
-        assignments = {p: [n, *(m for m in NODES if m != n)] for p, n in enumerate(leaders)}
-        specs = {name: {"assignments": assignments, **({"configs": spec["configs"]} if "configs" in spec else {})}
-                 for name, spec in kafka_clients.topic_specs(s).items()}
-        self.create_topics(s, specs)
-        deadline = time.monotonic() + 30
-        while [self.leader(s.input_topic, p) for p in range(len(leaders))] != leaders:
-            assert time.monotonic() < deadline, "the new topics did not get their leaders"
-            time.sleep(0.2)
 
-    def create_internal_topics(self, timeout: float = 60) -> None:
-        """Kafka creates __consumer_offsets on the first group coordinator lookup and
-        __transaction_state on the first transactional producer: make both happen."""
-        producer = self.producer(transactional_id="sentistream-probe")
-        producer.init_transactions()
-        producer.close()
-        deadline = time.monotonic() + timeout
-        while len(self.partitions("__consumer_offsets")) == 0:
-            assert time.monotonic() < deadline, "__consumer_offsets was not created"
-            admin = self.admin()
-            with contextlib.suppress(Exception):  # coordinator not available until the topic exists
-                admin.describe_groups(["sentistream-probe"])
-            admin.close()
-            time.sleep(0.5)
+def transaction_coordinators(cluster: KafkaCluster, prefix: str) -> set[int]:
+    admin = _admin(cluster)
+    try:
+        listing = admin.list_transactions()
+    finally:
+        admin.close()
+    return {node for node, txns in listing.items() if any(t.transactional_id.startswith(prefix) for t in txns)}
 
-    def _fully_replicated(self) -> bool:
-        admin = self.admin()
-        try:
-            return all(sorted(p["isr_nodes"]) == sorted(p["replica_nodes"]) and p["leader_id"] >= 0
-                       for t in admin.describe_topics() for p in t["partitions"])
-        except Exception:  # a node just restarted: metadata may still be refused
-            return False
-        finally:
-            admin.close()
+
+def heal(cluster: KafkaCluster, timeout: float = 120) -> None:
+    """Start any node a failed test left down; wait until every node is live and every
+    partition's replicas are in sync; give each partition back to its preferred leader (a
+    restarted node leads nothing until then)."""
+    stopped = cluster.local.stopped_nodes()
+    if stopped:
+        cluster.local.start_nodes(stopped, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not (live_broker_ids(cluster.bootstrap) == set(NODES) and _fully_replicated(cluster)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the cluster did not heal in {timeout} s")
+        time.sleep(0.5)
+    admin = _admin(cluster)
+    try:
+        admin.elect_leaders(0, raise_errors=False)  # 0: preferred; "not needed" errors are fine
+    finally:
+        admin.close()
+
+
+def create_led_topics(cluster: KafkaCluster, s: Settings, leaders: list[int]) -> None:
+    """The stream's topics, 3 replicas each; partition p led by ``leaders[p]``."""
+    assignments = {p: [n, *(m for m in NODES if m != n)] for p, n in enumerate(leaders)}
+    specs = {name: {"assignments": assignments, **({"configs": spec["configs"]} if "configs" in spec else {})}
+             for name, spec in kafka_clients.topic_specs(s).items()}
+    cluster.create_topics(s, specs)
+    deadline = time.monotonic() + 30
+    while [leader(cluster, s.input_topic, p) for p in range(len(leaders))] != leaders:
+        assert time.monotonic() < deadline, "the new topics did not get their leaders"
+        time.sleep(0.2)
+
+
+def create_internal_topics(cluster: KafkaCluster, timeout: float = 60) -> None:
+    """Kafka creates __consumer_offsets on the first group coordinator lookup and
+    __transaction_state on the first transactional producer: make both happen."""
+    producer = cluster.producer(transactional_id="sentistream-probe")
+    producer.init_transactions()
+    producer.close()
+    deadline = time.monotonic() + timeout
+    while len(partitions(cluster, "__consumer_offsets")) == 0:
+        assert time.monotonic() < deadline, "__consumer_offsets was not created"
+        admin = _admin(cluster)
+        with contextlib.suppress(Exception):  # coordinator not available until the topic exists
+            admin.describe_groups(["sentistream-probe"])
+        admin.close()
+        time.sleep(0.5)
+
+
+def _fully_replicated(cluster: KafkaCluster) -> bool:
+    admin = _admin(cluster)
+    try:
+        return all(sorted(p["isr_nodes"]) == sorted(p["replica_nodes"]) and p["leader_id"] >= 0
+                   for t in admin.describe_topics() for p in t["partitions"])
+    except Exception:  # a node just restarted: metadata may still be refused
+        return False
+    finally:
+        admin.close()
 
 
 def _java_hash(text: str) -> int:
@@ -166,15 +168,10 @@ def quiet_kafka() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
-    local = LocalCluster(home=default_home(), data_dir=tmp_path_factory.mktemp("kafka3"))
-    state = local.up(nodes=3, port=0, timeout=180)
-    try:
-        cluster = FaultCluster(local, state.bootstrap)
-        cluster.create_internal_topics()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    with own_cluster(tmp_path_factory.mktemp("kafka3"), nodes=len(NODES), timeout=180) as cluster:
+        create_internal_topics(cluster)
         yield cluster
-    finally:
-        local.down(wipe=True)
 
 
 # -- streams on this cluster ----------------------------------------------------------------
@@ -182,16 +179,16 @@ def roles(st: Stream, node: int) -> str:
     """What ``node`` does for the stream: partitions it leads, coordinators it is."""
     s, cluster = st.settings, st.cluster
     roles = [f"{t.split('-')[0]} p{p['partition_index']} leader"
-             for t in (s.input_topic, s.output_topic) for p in cluster.partitions(t) if p["leader_id"] == node]
-    if cluster.group_coordinator(s.group_id) == node:
+             for t in (s.input_topic, s.output_topic) for p in partitions(cluster, t) if p["leader_id"] == node]
+    if group_coordinator(cluster, s.group_id) == node:
         roles.append("group coordinator")
-    if node in cluster.transaction_coordinators(st.transactional_id):
+    if node in transaction_coordinators(cluster, st.transactional_id):
         roles.append("transaction coordinator")
     return f"node {node}: " + ", ".join(roles or ["no role"])
 
 
 @pytest.fixture
-def streams(cluster: FaultCluster, tmp_path: Path) -> Iterator[Callable[..., list[Stream]]]:
+def streams(cluster: KafkaCluster, tmp_path: Path) -> Iterator[Callable[..., list[Stream]]]:
     """``make(modes, leaders, group_on, transactions_on)``: one stream per mode on a healed
     cluster, with topics whose partition p is led by ``leaders[p]``, a group whose coordinator
     node satisfies ``group_on`` and a transactional id whose coordinator satisfies
@@ -204,14 +201,14 @@ def streams(cluster: FaultCluster, tmp_path: Path) -> Iterator[Callable[..., lis
     def make(modes: tuple[str, ...] = MODES, leaders: tuple[int, ...] = (1, 2, 3),
              group_on: Callable[[int], bool] = anywhere, transactions_on: Callable[[int], bool] = anywhere,
              args: tuple[str, ...] = ()) -> list[Stream]:
-        cluster.heal()
+        heal(cluster)
         for mode in modes:
-            group = cluster.name_on("__consumer_offsets", group_on, "g-")
-            transactional_id = cluster.name_on("__transaction_state", transactions_on, "tx-", suffix="-0")
+            group = name_on(cluster, "__consumer_offsets", group_on, "g-")
+            transactional_id = name_on(cluster, "__transaction_state", transactions_on, "tx-", suffix="-0")
             s = Settings(bootstrap_servers=cluster.bootstrap, group_id=group, input_topic=f"in-{group}",
                          output_topic=f"out-{group}", dlq_topic=f"dlq-{group}", partitions=len(leaders),
                          metrics_port=0, home=tmp_path / "home")
-            cluster.create_led_topics(s, list(leaders))
+            create_led_topics(cluster, s, list(leaders))
             made.append(Stream(cluster, s, mode, Keeper(tmp_path), transactional_id))
         batch = made[-len(modes):]
         for st in batch:

@@ -1,8 +1,8 @@
 """TLS and SASL_SSL on the local broker (issue #16): `sentistream broker up --security ssl|sasl_ssl`.
 
-One module-scoped pair of clusters, each started as a user starts it (the CLI, on its own home
-whose jar cache is a link to the shared one): ``ssl`` (TLS, no login) and ``sasl_ssl`` (TLS and
-SCRAM-SHA-512). Over each, ``topics create``, ``produce`` and ``consume`` run as commands with the
+One module-scoped pair of clusters (``tests.cluster.own_cluster``), each started as a user starts
+it (the CLI, on its own home whose jar cache is a link to the shared one): ``ssl`` (TLS, no login)
+and ``sasl_ssl`` (TLS and SCRAM-SHA-512). Over each, ``topics create``, ``produce`` and ``consume`` run as commands with the
 settings of the ``client.env`` the broker wrote, and a worker classifies records end to end. A
 wrong password, an untrusted CA or the wrong protocol is one plain line naming the cause, for
 every command that talks to Kafka; no secret shows in the worker's log, its /metrics or the
@@ -11,6 +11,7 @@ process list. The settings' secrets are checked without a broker too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -24,12 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from sentistream.broker.local import KAFKA_VERSION, LocalCluster, provision_jars
+from sentistream.broker.local import KAFKA_VERSION, ClusterState, LocalCluster, provision_jars
 from sentistream.cli.flags import worker_command
 from sentistream.worker.settings import Settings, default_home
+from tests.cluster import KafkaCluster, own_cluster
 from tests.workers import REPO, WorkerProcess
 
 kafka = pytest.mark.kafka
+SECURITIES = ("ssl", "sasl_ssl")
 SECRET_KEYS = ("SENTISTREAM_SASL_PASSWORD", "SENTISTREAM_SSL_PASSWORD")
 
 
@@ -56,24 +59,29 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 @dataclass
 class Secured:
-    """One secured local cluster, started by `sentistream broker up --security ...` on ``home``."""
+    """One secured local cluster, started by `sentistream broker up --security ...` (``up``)."""
 
     security: str
-    home: Path
+    cluster: KafkaCluster
     up: subprocess.CompletedProcess
 
     @property
-    def cluster(self) -> LocalCluster:
-        return LocalCluster(self.home)
+    def local(self) -> LocalCluster:
+        """Its nodes, keys and files."""
+        return self.cluster.local
+
+    @property
+    def home(self) -> Path:
+        return self.local.home
 
     @property
     def bootstrap(self) -> str:
-        return self.cluster.recorded().bootstrap
+        return self.cluster.bootstrap
 
     @property
     def client(self) -> dict[str, str]:
         """The settings in the broker's client.env (the password included)."""
-        return _read_env_file(self.cluster.client_env_file)
+        return _read_env_file(self.local.client_env_file)
 
     def env(self, **changes: str) -> dict[str, str]:
         """A user's shell after ``set -a; . client.env; set +a``, with ``changes``; the bootstrap
@@ -84,32 +92,34 @@ class Secured:
         return {k: v for k, v in self.client.items() if k in SECRET_KEYS}
 
 
-def _start(security: str, home: Path) -> subprocess.Popen:
+def _broker_up(security: str, home: Path) -> subprocess.CompletedProcess:
+    """`sentistream broker up --security SECURITY` on ``home``, as a user runs it."""
     home.mkdir(parents=True)
     # the jars are cached once per user: link this home's cache to it instead of fetching again
     (home / f"kafka-{KAFKA_VERSION}").symlink_to(provision_jars(default_home()).parent, target_is_directory=True)
     env = {**_clean_env(), "SENTISTREAM_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "sentistream.cli", "broker", "up", "--port", "0",
-                             "--security", security, "--timeout", "150"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = _cli(env, "broker", "up", "--port", "0", "--security", security, "--timeout", "150", timeout=240)
+    assert up.returncode == 0, f"broker up --security {security}: {up.stdout}{up.stderr}"
+    return up
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Secured]]:
-    """``{"ssl": ..., "sasl_ssl": ...}``: both clusters, started side by side, stopped at the end."""
+    """``{"ssl": ..., "sasl_ssl": ...}``: both clusters, one after the other, stopped and wiped at the end."""
     base = tmp_path_factory.mktemp("secured")
-    procs = {s: _start(s, base / s) for s in ("ssl", "sasl_ssl")}
-    out: dict[str, Secured] = {}
-    try:
-        outputs = {s: p.communicate(timeout=240) for s, p in procs.items()}
-        ups = {s: subprocess.CompletedProcess(p.args, p.returncode, *outputs[s]) for s, p in procs.items()}
-        for security, up in ups.items():
-            assert up.returncode == 0, f"broker up --security {security}: {up.stdout}{up.stderr}"
-            out[security] = Secured(security, base / security, up)
+    ups: dict[str, subprocess.CompletedProcess] = {}
+
+    def broker_up(local: LocalCluster) -> ClusterState:
+        security = local.home.name
+        ups[security] = _broker_up(security, local.home)
+        return local.recorded()
+
+    with contextlib.ExitStack() as stack:
+        out = {}
+        for security in SECURITIES:
+            cluster = stack.enter_context(own_cluster(home=base / security, start=broker_up))
+            out[security] = Secured(security, cluster, ups[security])
         yield out
-    finally:
-        for security in procs:
-            LocalCluster(base / security).down(wipe=True)
 
 
 @pytest.fixture(scope="module")
@@ -148,32 +158,32 @@ def test_ssl_password_reaches_kafka_python_but_no_flag_no_log() -> None:
 def test_broker_up_prints_the_settings_and_keeps_secrets_in_private_files(secured: dict[str, Secured],
                                                                           security: str) -> None:
     s = secured[security]
-    cluster = s.cluster
+    local = s.local
     out = s.up.stdout
     assert f"is up at {s.bootstrap}" in out
     assert f"SENTISTREAM_SECURITY_PROTOCOL={security.upper()}" in out
-    assert f"SENTISTREAM_SSL_CAFILE={cluster.ca_file}" in out
-    assert str(cluster.client_env_file) in out
-    assert cluster.ca_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert f"SENTISTREAM_SSL_CAFILE={local.ca_file}" in out
+    assert str(local.client_env_file) in out
+    assert local.ca_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
     if security == "sasl_ssl":
         assert "SENTISTREAM_SASL_USERNAME=sentistream" in out and "SENTISTREAM_SASL_MECHANISM=SCRAM-SHA-512" in out
         assert s.secrets()["SENTISTREAM_SASL_PASSWORD"]
-    stored = json.loads((cluster.security_dir / "secrets.json").read_text())  # keystore and SCRAM passwords
+    stored = json.loads((local.security_dir / "secrets.json").read_text())  # keystore and SCRAM passwords
     assert len(stored) == (3 if security == "sasl_ssl" else 1)
-    cmdline = Path(f"/proc/{cluster.recorded().pids[0]}/cmdline").read_bytes().decode(errors="replace")
+    cmdline = Path(f"/proc/{local.recorded().pids[0]}/cmdline").read_bytes().decode(errors="replace")
     assert "server.properties" in cmdline
     for secret in stored.values():
         assert secret not in out + s.up.stderr
-        assert secret not in cluster.node_log(0).read_text()
+        assert secret not in local.node_log(0).read_text()
         assert secret not in cmdline
     # the files that hold a secret: the owner's only; the CA's private key is not kept at all
-    private = [cluster.client_env_file, cluster.data_dir / "node-1" / "server.properties",
-               *(cluster.security_dir / n for n in ("secrets.json", "broker.p12", "truststore.p12"))]
+    private = [local.client_env_file, local.data_dir / "node-1" / "server.properties",
+               *(local.security_dir / n for n in ("secrets.json", "broker.p12", "truststore.p12"))]
     for path in private:
         assert path.stat().st_mode & 0o777 == 0o600, path
-    assert cluster.security_dir.stat().st_mode & 0o777 == 0o700
-    assert not (cluster.security_dir / "ca.p12").exists()
-    assert not list(cluster.data_dir.glob(".args-*"))  # the format step's argument file is gone
+    assert local.security_dir.stat().st_mode & 0o777 == 0o700
+    assert not (local.security_dir / "ca.p12").exists()
+    assert not list(local.data_dir.glob(".args-*"))  # the format step's argument file is gone
     status = _cli(s.env(), "broker", "status")
     assert status.returncode == 0 and "1/1 broker(s) answering" in status.stdout, status.stdout + status.stderr
     assert security.upper() in status.stdout
@@ -292,7 +302,7 @@ def test_wrong_password_is_one_line(secured: dict[str, Secured], command: str) -
 @pytest.mark.parametrize("command", COMMANDS)
 def test_untrusted_ca_is_one_line(secured: dict[str, Secured], command: str) -> None:
     """The ssl cluster's clients given the other cluster's CA: its certificate is not trusted."""
-    s, other_ca = secured["ssl"], secured["sasl_ssl"].cluster.ca_file
+    s, other_ca = secured["ssl"], secured["sasl_ssl"].local.ca_file
     result = _cli(s.env(SENTISTREAM_SSL_CAFILE=str(other_ca)), *COMMANDS[command], timeout=60)
     line = _one_line(result)
     assert line.startswith(f"sentistream: TLS: the broker's certificate at {s.bootstrap} is not trusted by "
@@ -301,7 +311,7 @@ def test_untrusted_ca_is_one_line(secured: dict[str, Secured], command: str) -> 
 
 @kafka
 def test_untrusted_ca_comes_before_the_login(secured: dict[str, Secured]) -> None:
-    s, other_ca = secured["sasl_ssl"], secured["ssl"].cluster.ca_file
+    s, other_ca = secured["sasl_ssl"], secured["ssl"].local.ca_file
     line = _one_line(_cli(s.env(SENTISTREAM_SSL_CAFILE=str(other_ca)), "topics", "describe", timeout=60))
     assert "is not trusted by ssl_cafile" in line and "authentication" not in line
 
@@ -311,12 +321,12 @@ def test_the_wrong_protocol_names_the_listener(secured: dict[str, Secured]) -> N
     ssl, sasl = secured["ssl"], secured["sasl_ssl"]
     # an SSL client on the SASL_SSL listener (kafka-python alone: "Unable to bootstrap" after 30 s)
     env = {**_clean_env(), "SENTISTREAM_HOME": str(sasl.home), "SENTISTREAM_SECURITY_PROTOCOL": "SSL",
-           "SENTISTREAM_SSL_CAFILE": str(sasl.cluster.ca_file)}
+           "SENTISTREAM_SSL_CAFILE": str(sasl.local.ca_file)}
     line = _one_line(_cli(env, "topics", "describe", timeout=60))
     assert line == (f"sentistream: the listener at {sasl.bootstrap} wants a SASL login (it offers SCRAM-SHA-512): "
                     "set security_protocol SASL_SSL with sasl_mechanism, sasl_username and sasl_password")
     # a SASL_SSL client on the SSL listener
-    env = {**sasl.env(SENTISTREAM_SSL_CAFILE=str(ssl.cluster.ca_file)), "SENTISTREAM_HOME": str(ssl.home)}
+    env = {**sasl.env(SENTISTREAM_SSL_CAFILE=str(ssl.local.ca_file)), "SENTISTREAM_HOME": str(ssl.home)}
     line = _one_line(_cli(env, "topics", "describe", timeout=60))
     assert line.startswith(f"sentistream: the listener at {ssl.bootstrap} does not take a SASL login"), line
     # a mechanism the broker does not offer
@@ -344,9 +354,9 @@ def test_a_secured_node_stops_and_starts_again(secured: dict[str, Secured]) -> N
     """Readiness on restart uses the secured listener: start_nodes returns only once the node is a
     live broker again, as seen by a SASL_SSL client."""
     s = secured["sasl_ssl"]
-    cluster = s.cluster
-    cluster.stop_nodes([0])
+    local = s.local
+    local.stop_nodes([0])
     assert "no local broker is running" in _cli(s.env(), "broker", "status").stdout
-    cluster.start_nodes([0], timeout=120)
+    local.start_nodes([0], timeout=120)
     status = _cli(s.env(), "broker", "status")
     assert status.returncode == 0 and "1/1 broker(s) answering" in status.stdout, status.stdout + status.stderr
