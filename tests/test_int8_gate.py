@@ -59,7 +59,7 @@ def test_a_close_model_passes_with_every_figure() -> None:
     assert figures.fp32_accuracy == pytest.approx(0.8) and figures.confident_share == pytest.approx(0.8)
     assert figures.confident_agreement == 1.0 and figures.label_agreement == pytest.approx(0.997)
     assert figures.batch_invariance == 1.0 and 0 < figures.max_batch_prob_diff < 1e-3
-    assert figures.mean_kl >= 0
+    assert 0 < figures.mean_kl < 1e-4  # 3 near-ties flipped, 1e-3 noise: about 5e-6 nats
     recorded = figures.to_json()
     assert recorded["criterion"] == gate.CRITERION
     assert set(recorded["thresholds"]) == {"min_accuracy_ratio", "max_macro_f1_drop", "confident_margin",
@@ -128,10 +128,22 @@ def test_every_failed_clause_is_listed() -> None:
     case = Case()
     case.int8_pred = (case.fp32_pred + 1) % N_CLASSES
     case.alone_pred = case.fp32_pred
+    figures = case.figures()
+    assert figures.mean_kl > 1  # every label moved, most of them confident ones: about 1.9 nats
     with pytest.raises(QuantizationGateError) as err:
-        gate.check(case.figures())
+        gate.check(figures)
     assert len(err.value.failed) == 4
     assert str(err.value).count(";") >= 3
+
+
+def test_mean_kl_is_fp32_from_int8_in_nats() -> None:
+    """KL(fp32 ‖ int8) averaged over sentences: 0 for the same logits; fp32 (0.9, 0.1) against int8
+    (0.5, 0.5) is 0.9 ln(0.9/0.5) + 0.1 ln(0.1/0.5) ≈ 0.368, not the reverse KL(int8 ‖ fp32) ≈ 0.511."""
+    fp32 = np.log(np.array([[0.9, 0.1], [0.9, 0.1]], np.float32))
+    int8 = np.log(np.array([[0.5, 0.5], [0.9, 0.1]], np.float32))  # the second sentence the same
+    assert gate.figures_of(fp32, fp32, fp32).mean_kl == 0.0
+    kl = 0.9 * np.log(0.9 / 0.5) + 0.1 * np.log(0.1 / 0.5)
+    assert gate.figures_of(fp32, int8, int8).mean_kl == pytest.approx(kl / 2, rel=1e-5)
 
 
 def test_without_labels_only_agreement_and_invariance_are_checked() -> None:
