@@ -1,5 +1,5 @@
-"""Sentence splitters compared: pysbd (what worker/splitting.py serves today) and
-worker/sentences.py, for quality and for cost beside classifying, in one run.
+"""Sentence splitters compared: pysbd (what split_sentences used until 2026-12) and
+worker/splitting.py (what it uses now), for quality and for cost beside classifying, in one run.
 
     python -m sentistream.bench.splitter_study [--reviews 500] [--seed 0] [--rounds 5]
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sentistream.bench.sentence_cases import CASES
-from sentistream.worker.sentences import split
+from sentistream.worker.splitting import split
 
 Splitter = Callable[[str], list[str]]
 BATCH = 32  # sentences per classify call

@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 
-# worker_command: tests/test_security.py imports it from here
-from sentistream.bench.worker_process import flag_name, flag_settings, worker_command  # noqa: F401
+from sentistream.bench.worker_process import flag_name, flag_settings
 
 ALIASES = {"bootstrap_servers": ("--bootstrap",), "group_id": ("--group",)}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import KAFKA_VERSION, ClusterState, LocalCluster, provision_jars
-from sentistream.cli.flags import worker_command
 from sentistream.worker.settings import Settings, default_home
 from tests.cluster import KafkaCluster, own_cluster
 from tests.workers import REPO, WorkerProcess

@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.05
-# A cheap upper estimate of sentence ends, so that a "split bomb" is refused before pysbd (whose
-# time grows faster than linearly with the number of sentences) ever sees it.
+# A cheap estimate of sentence ends, so that a "split bomb" is refused before the splitter ever sees
+# it (the count after splitting is checked as well).
 _SENTENCE_END = re.compile(r"[.!?\u2026\n]+")
 
 
@@ -84,7 +84,7 @@ class Classified:
 
 
 class Pipeline:
-    """``splitter``: the sentence splitter (default: pysbd's, made at once when the worker splits
+    """``splitter``: the sentence splitter (default: worker/splitting.py's, made at once when the worker splits
     by default, else on first use); ``cost``: a model of batch costs that learns from every batch
     (a latency-target worker's, worker/batching.py)."""
 
