@@ -20,7 +20,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from sentistream.worker.control import manifest_digest
 from sentistream.worker.settings import Settings, default_home
 from tests.candidates import SHORT, candidate_bundle
 from tests.cluster import ForeignRecord, KafkaCluster, _pattern
+from tests.polling import wait_for
 from tests.streams import Figures, Keeper, Stream
 from tests.workers import WorkerProcess, json_items
 
@@ -46,13 +47,6 @@ OLD = Manifest.read(SHIPPED).version
 RANDOM_RECORDS = 969  # besides the crafted ones: 1,000 hostile records in all
 UNREADABLE = 3  # kcat records with a header key that is not UTF-8
 
-
-def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def roots_of(tmp_path: Path) -> tuple[Path, str]:

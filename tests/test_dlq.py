@@ -24,6 +24,7 @@ from sentistream.cli.dlq_jobs import Holder, JobRecord, lock_holder, lock_key, w
 from sentistream.cli.dlq_replay import Pace, ReplayOptions, committed_progress, make_plan, replay_message
 from sentistream.worker.errors import UserError
 from tests.cluster import ForeignRecord
+from tests.polling import wait_for
 from tests.workers import REPO, WorkerProcess
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -326,12 +327,6 @@ def count_on(kafka, topic: str) -> int:
     finally:
         reader.close()
 
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_one_replay_at_a_time_and_a_killed_one_resumes_without_loss(kafka, dlq_topics, capsys, tmp_path) -> None:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from sentistream.worker.control import Command
 from sentistream.worker.settings import Settings
 from tests.candidates import SHORT, candidate_bundle
 from tests.cluster import KafkaCluster
+from tests.polling import wait_for
 from tests.streams import TEXTS, Figures, Keeper, Stream
 from tests.workers import REPO
 
@@ -49,13 +49,6 @@ def model_cli(s: Settings, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "SENTISTREAM_HOME": str(s.home)})
 
-
-def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def total(st: Stream, name: str, **labels: str) -> float:

@@ -11,6 +11,7 @@ import pytest
 
 from sentistream.worker import kafka_clients
 from tests.cluster import ForeignRecord
+from tests.polling import wait_for
 from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.kafka
@@ -33,12 +34,6 @@ def topic_names(kafka) -> set[str]:
     finally:
         admin.close()
 
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.3)
 
 
 @pytest.mark.parametrize("delivery", MODES)

@@ -34,6 +34,7 @@ from sentistream.worker.supervisor import (
     hang_of,
     readiness,
 )
+from tests.polling import wait_for
 
 
 class FakeClock:
@@ -169,12 +170,6 @@ def run_in_thread(sup: Supervisor) -> tuple[threading.Thread, list[int]]:
     thread.start()
     return thread, result
 
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_stop_request_is_answered_at_once_even_during_a_long_back_off(tmp_path) -> None:
