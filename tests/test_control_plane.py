@@ -35,7 +35,7 @@ from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path
 from sentistream.worker.control import manifest_digest
 from sentistream.worker.settings import Settings, default_home
 from tests.candidates import SHORT, candidate_bundle
-from tests.cluster import ForeignRecord, KafkaCluster, _pattern
+from tests.cluster import ForeignRecord, KafkaCluster, _pattern, own_cluster
 from tests.polling import wait_for
 from tests.streams import Figures, Keeper, Stream
 from tests.workers import WorkerProcess, json_items
@@ -263,19 +263,16 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     SCRAM user, the operator; yields it and the operator's password."""
     home = tmp_path_factory.mktemp("acl-home")
     (home / f"kafka-{KAFKA_VERSION}").symlink_to(provision_jars(default_home()).parent, target_is_directory=True)
-    cluster = LocalCluster(home)
-    cluster.up(nodes=1, port=0, timeout=150, acls=True, security="sasl_ssl")
-    password = uuid.uuid4().hex
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=cluster.recorded().bootstrap.split(","), **cluster.client_config())
+    with own_cluster(home=home, start=lambda local: local.up(nodes=1, port=0, timeout=150, acls=True,
+                                                           security="sasl_ssl")) as cluster:
+        password = uuid.uuid4().hex
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap.split(","), **cluster.local.client_config())
         try:
             admin.alter_user_scram_credentials(
                 [UserScramCredentialUpsertion(OPERATOR, ScramMechanism.SCRAM_SHA_512, password)])
         finally:
             admin.close()
-        yield cluster, password
-    finally:
-        cluster.down(wipe=True)
+        yield cluster.local, password
 
 
 def secured_settings(cluster: LocalCluster, user: str, password: str, **more) -> Settings:
