@@ -1,7 +1,9 @@
-"""The benchmark: bare onnxruntime (the limit), sentistream workers, a naive peer; one run.
+"""The benchmark: bare runtimes (the limit), sentistream workers, a naive peer; one run.
 
 Every row is measured in the same invocation on the same sentences (the fixed test split,
-repeated to N), so ratios are comparable; absolute figures depend on the machine.
+repeated to N), so ratios are comparable; absolute figures depend on the machine. Each runtime the
+bundle passed the int8 gate on (and that is installed) gets a bare row and a worker row, and the
+roofline (bench/roofline.py): sentences/s per core and the int8 GOPS of the linear layers.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from sentistream.bench.roofline import CpuFacts, LinearLayers, bundle_linear_layers, cpu_facts, gops, padded_tokens
+from sentistream.bench.run_header import Header
 from sentistream.bench.scrape import quantile, scrape, wait_ready
 from sentistream.bench.worker_process import worker_command
 from sentistream.broker.local import LocalCluster, free_port
 from sentistream.worker import kafka_clients
 from sentistream.worker.batching import length_sorted_batches
-from sentistream.worker.bundle import Bundle, default_bundle_path
+from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
 from sentistream.worker.loop import POLL_BATCHES
 from sentistream.worker.settings import Settings
 
@@ -37,6 +41,25 @@ class Row:
     msgs_per_s: float
     note: str = ""
     extra: dict = field(default_factory=dict)
+    runtime: str = "onnxruntime"
+    kind: str = "peer"  # "bare", "worker" or "peer"
+    precision: str = ""  # the bundle's: "int8" or "fp32"
+    cores: int = 1  # processes × threads
+    padded_per_sentence: float | None = None  # a bare row's padded tokens per sentence
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed pass: ``padded_tokens`` is batch size × longest sentence summed over the batches
+    run (0 when batching by characters, which does not see the token counts)."""
+
+    sentences: int
+    seconds: float
+    padded_tokens: int
+
+    @property
+    def rate(self) -> float:
+        return self.sentences / max(self.seconds, 1e-9)
 
 
 def sentences(n: int) -> list[str]:
@@ -50,11 +73,12 @@ def _tokens(encoding) -> int:
     return len(encoding.ids)
 
 
-def batched_throughput(bundle: Bundle, texts: list[str], window: int, batch_size: int,
-                       tolerance: int = 1, by: str = "tokens") -> float:
-    """Sentences/s through ``bundle`` taking ``window`` texts at a time, sorted ``by`` tokens (the
+def timed_batches(bundle: Bundle, texts: list[str], window: int, batch_size: int,
+                  tolerance: int = 1, by: str = "tokens") -> Timing:
+    """``texts`` through ``bundle`` taking ``window`` texts at a time, sorted ``by`` tokens (the
     window tokenized together) or characters, in batches of ≤ ``batch_size`` whose lengths differ
     by ≤ ``tolerance``."""
+    lengths: list[list[int]] = []  # each batch's token counts, for the padded tokens
     started = time.perf_counter()
     for start in range(0, len(texts), window):
         chunk = texts[start : start + window]
@@ -64,15 +88,32 @@ def batched_throughput(bundle: Bundle, texts: list[str], window: int, batch_size
         else:
             for batch in length_sorted_batches(bundle.tokenize(chunk), batch_size, _tokens, tolerance):
                 bundle.classify_encoded(batch)
-    return len(texts) / (time.perf_counter() - started)
+                lengths.append([len(e.ids) for e in batch])
+    return Timing(len(texts), time.perf_counter() - started, padded_tokens(lengths))
 
 
-def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
+def batched_throughput(bundle: Bundle, texts: list[str], window: int, batch_size: int,
+                       tolerance: int = 1, by: str = "tokens") -> float:
+    """Sentences/s of :func:`timed_batches`."""
+    return timed_batches(bundle, texts, window, batch_size, tolerance, by).rate
+
+
+def bare_run(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> Timing:
     """The limit: the worker's batches without Kafka — a poll's worth of texts at a time
     (``batch_size × POLL_BATCHES``), tokenized together, batched by token count."""
     bundle = Bundle(bundle_dir, threads=threads)
     bundle.classify(texts[:batch_size])  # warm-up
-    return batched_throughput(bundle, texts, batch_size * POLL_BATCHES, batch_size)
+    return timed_batches(bundle, texts, batch_size * POLL_BATCHES, batch_size)
+
+
+def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
+    """Sentences/s of :func:`bare_run` on onnxruntime."""
+    return bare_run(bundle_dir, texts, batch_size, threads).rate
+
+
+def measured_runtimes(manifest: Manifest) -> list[str]:
+    """The runtimes the bench measures, onnxruntime (the limit every ratio is against) first."""
+    return ["onnxruntime"]
 
 
 class Topics:
@@ -253,13 +294,19 @@ def idle_cpu(settings: Settings, bootstrap: str, bundle: Path, seconds: float = 
         topics.drop()
 
 
+def this_cpu() -> CpuFacts:
+    """The CPU this runs on, from ``/proc/cpuinfo`` where there is one."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpu_facts(cpuinfo.read_text() if cpuinfo.exists() else "", platform.processor() or "unknown CPU",
+                     os.cpu_count() or 1)
+
+
 def machine_facts() -> str:
     import kafka
     import onnxruntime
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+    cpu = this_cpu()
+    return (f"{cpu.cores} cores ({cpu.model}), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
             f"kafka-python {kafka.__version__}")
 
 
@@ -291,9 +338,17 @@ def plot(rows: list[Row], latencies: list[dict], path: Path) -> None:
 LATENCY_SHARES = (0.25, 0.5)  # offered rates, as shares of the 1 × 1 worker's peak
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'es' if word.endswith('s') else 's'}" if n > 1 else f"{n} {word}"
+
+
 def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, checkpoint: Path | None,
-        out_dir: Path, console: Console) -> str:
+        out_dir: Path, console: Console, command: str = "sentistream bench") -> str:
+    """Measure, write ``bench.md`` (starting with the :class:`Header` line; no paths of this machine)
+    and ``bench.png`` into ``out_dir``; returns bench.md's text. ``command``: what the header names."""
     int8 = settings.bundle or default_bundle_path()
+    manifest = Manifest.read(int8)
+    runtimes = measured_runtimes(manifest)
     cluster = None
     if not settings.bootstrap_servers and LocalCluster(settings.home).state() is None:
         cluster = LocalCluster(settings.home, data_dir=settings.home / "bench-broker")
@@ -304,19 +359,25 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
         texts = sentences(n)
         rows: list[Row] = []
 
-        def bare(bundle: Path, precision: str, threads: int, suffix: str = "") -> Row:
-            rate = bare_onnxruntime(bundle, texts, 32, threads)
-            return Row(f"bare onnxruntime, {precision}, {threads} thread{'s' if threads > 1 else ''}{suffix}", rate)
+        def bare(bundle: Path, precision: str, threads: int, runtime: str = "onnxruntime", suffix: str = "") -> Row:
+            timing = bare_run(bundle, texts, 32, threads)
+            return Row(f"bare {runtime}, {precision}, {_plural(threads, 'thread')}{suffix}", timing.rate,
+                       runtime=runtime, kind="bare", precision=precision, cores=threads,
+                       padded_per_sentence=timing.padded_tokens / timing.sentences)
 
-        def worker(bundle: Path, precision: str, processes: int, threads: int) -> Row:
+        def worker(bundle: Path, precision: str, processes: int, threads: int, runtime: str = "onnxruntime") -> Row:
             rate, info = worker_throughput(settings, bootstrap, bundle, texts, processes, threads, 32, 4)
-            name = f"sentistream worker, {precision}, {processes} process{'es' if processes > 1 else ''} × " \
-                   f"{threads} thread{'s' if threads > 1 else ''}"
-            return Row(name, rate, "" if info["accounted"] else "MISSING OUTPUT")
+            name = f"sentistream worker ({runtime}), {precision}, {_plural(processes, 'process')} × " \
+                   f"{_plural(threads, 'thread')}"
+            return Row(name, rate, "" if info["accounted"] else "MISSING OUTPUT", runtime=runtime, kind="worker",
+                       precision=precision, cores=processes * threads)
 
         # (progress label, measurement) in table order; rows[0] is the limit, rows[1] the 1 × 1 worker
-        plan = [("bare onnxruntime int8, 1 thread", lambda: bare(int8, "int8", 1, " (limit)")),
-                ("worker 1 process × 1 thread", lambda: worker(int8, "int8", 1, 1))]
+        plan = []
+        for runtime in runtimes:
+            plan += [(f"bare {runtime} int8, 1 thread",
+                      lambda r=runtime: bare(int8, "int8", 1, r, " (limit)" if r == runtimes[0] else "")),
+                     (f"worker ({runtime}) 1 process × 1 thread", lambda r=runtime: worker(int8, "int8", 1, 1, r))]
         if not quick:
             plan += [("bare onnxruntime int8, 2 threads", lambda: bare(int8, "int8", 2)),
                      ("worker 1 × 2 threads", lambda: worker(int8, "int8", 1, 2)),
@@ -349,38 +410,81 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             progress.advance(task)
             step("latency at a quarter and at half of peak")
             peak = rows[1].msgs_per_s
+            on_first = settings
             latencies = []
             for share in LATENCY_SHARES:
-                latencies.append(latency_at_rate(settings, bootstrap, int8, peak * share, 5 if quick else 20, texts)
+                latencies.append(latency_at_rate(on_first, bootstrap, int8, peak * share, 5 if quick else 20, texts)
                                  | {"rate": peak * share, "share": share})
             progress.advance(task)
             step("idle CPU")
-            idle = idle_cpu(settings, bootstrap, int8, 5 if quick else 10)
+            idle = idle_cpu(on_first, bootstrap, int8, 5 if quick else 10)
             progress.advance(task)
     finally:
         if cluster is not None:
             cluster.down()
-    limit = rows[0].msgs_per_s
-    lines = [f"Machine: {machine_facts()}.", f"Sentences: {len(texts)} from the fixed test split; batch 32; "
-             f"input topic with 4 partitions; broker: local Apache Kafka.", "",
-             "| configuration | messages/s | × bare onnxruntime 1 thread | × naive peer |", "|---|---:|---:|---:|"]
-    for r in rows:
-        vs_naive = f"{r.msgs_per_s / naive.msgs_per_s:.1f}" if naive else "n/a"
-        lines.append(f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.msgs_per_s:,.0f} | "
-                     f"{r.msgs_per_s / limit:.2f} | {vs_naive} |")
-    lines += ["", "End-to-end latency of one worker (1 process × 1 thread), record timestamp → result "
-              "acknowledged, from histogram buckets:", "",
-              "| offered | messages | p50 | p95 | p99 |", "|---|---:|---:|---:|---:|"]
-    for lat in latencies:
-        lines.append(f"| {lat['rate']:.0f} msgs/s ({lat['share']:.0%} of the 1×1 peak) | {lat['n']} | "
-                     f"{lat[0.5] * 1000:.1f} ms | {lat[0.95] * 1000:.1f} ms | {lat[0.99] * 1000:.1f} ms |")
-    lines += ["", f"Idle worker (ready, no traffic): {idle * 100:.2f} % of one core."]
+    header = Header(command, time.strftime("%Y-%m-%d", time.gmtime()), this_cpu().line(), manifest.name,
+                    manifest.version)
+    lines = [header.line(), "", f"Machine: {machine_facts()}.",
+             f"Sentences: {len(texts)} from the fixed test split; batch 32; input topic with 4 partitions; "
+             "broker: local Apache Kafka.", "",
+             *throughput_table(rows, naive), "",
+             *roofline_lines(rows, bundle_linear_layers(int8), this_cpu()), "",
+             *latency_lines(latencies, runtimes[0]), "",
+             f"Idle worker (ready, no traffic): {idle * 100:.2f} % of one core."]
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines.append(f"Plot: {out_dir / 'bench.png'}")
     table = "\n".join(lines)
     (out_dir / "bench.md").write_text(table + "\n")
     plot(rows, latencies, out_dir / "bench.png")
     return table
+
+
+def throughput_table(rows: list[Row], naive: Row | None) -> list[str]:
+    limit = rows[0]
+    lines = [f"| configuration | messages/s | × bare {limit.runtime} 1 thread | × naive peer |", "|---|---:|---:|---:|"]
+    for r in rows:
+        vs_naive = f"{r.msgs_per_s / naive.msgs_per_s:.1f}" if naive else "n/a"
+        lines.append(f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.msgs_per_s:,.0f} | "
+                     f"{r.msgs_per_s / limit.msgs_per_s:.2f} | {vs_naive} |")
+    return lines
+
+
+ROOFLINE_ROWS = {"bare": "bare, 1 thread", "worker": "worker, 1 process × 1 thread"}  # Row.kind → label
+
+
+def roofline_lines(rows: list[Row], layers: LinearLayers, cpu: CpuFacts) -> list[str]:
+    """Per runtime, its int8 rows on one core (bare, 1 thread; worker, 1 × 1): sentences/s per core,
+    padded tokens per sentence (the worker's: the bare run's, same sentences, same batching) and
+    the achieved int8 GOPS of the linear layers; then each other runtime's ratio to the first."""
+    one_core = [r for r in rows if r.kind in ROOFLINE_ROWS and r.cores == 1 and r.precision == "int8"]
+    tokens = {r.runtime: r.padded_per_sentence for r in one_core if r.kind == "bare"}
+    per_core = {(r.runtime, r.kind): r.msgs_per_s for r in one_core if r.runtime in tokens}
+    lines = [f"Roofline, one core each: the linear layers are {layers.macs_per_token / 1e6:.2f} M multiply-accumulates "
+             f"per token ({layers.counted} MatMul/Gemm with a weight, from model.onnx; attention's "
+             f"{layers.activation_matmuls} activation × activation MatMuls, which grow with the padded length, "
+             "are not counted); padded tokens: batch size × longest sentence, summed over the batches run; "
+             f"int8 features: {cpu.int8()}.", "",
+             "| runtime | row | sentences/s per core | padded tokens / sentence | int8 GOPS, linear layers |",
+             "|---|---|---:|---:|---:|"]
+    for (runtime, kind), rate in per_core.items():
+        note = "" if kind == "bare" else " (bare's)"
+        lines.append(f"| {runtime} | {ROOFLINE_ROWS[kind]} | {rate:,.0f} | {tokens[runtime]:.1f}{note} | "
+                     f"{gops(layers.macs_per_token, rate * tokens[runtime]):,.0f} |")
+    first = next(iter(tokens), None)
+    ratios = [f"{runtime} / {first} per core: " + ", ".join(
+              f"{ROOFLINE_ROWS[kind]} {rate / per_core[first, kind]:.2f}×"
+              for (r, kind), rate in per_core.items() if r == runtime and (first, kind) in per_core)
+              for runtime in tokens if runtime != first]
+    return lines + (["", *ratios] if ratios else [])
+
+
+def latency_lines(latencies: list[dict], runtime: str) -> list[str]:
+    lines = [f"End-to-end latency of one worker ({runtime}, 1 process × 1 thread), record timestamp → result "
+             "acknowledged, from histogram buckets:", "",
+             "| offered | messages | p50 | p95 | p99 |", "|---|---:|---:|---:|---:|"]
+    for lat in latencies:
+        lines.append(f"| {lat['rate']:.0f} msgs/s ({lat['share']:.0%} of the 1×1 peak) | {lat['n']} | "
+                     f"{lat[0.5] * 1000:.1f} ms | {lat[0.95] * 1000:.1f} ms | {lat[0.99] * 1000:.1f} ms |")
+    return lines
 
 
 def _base_checkpoint(out_dir: Path) -> Path | None:

@@ -383,7 +383,7 @@ def bench_cmd(
                                           "kafka-python echo, the worker with --latency-target-ms 50")] = False,
     seconds: Annotated[float, typer.Option(min=5, help="--latency: seconds of offered load per row")] = 20.0,
 ) -> None:
-    """Throughput and latency: bare onnxruntime, workers, a naive peer (needs the export extra).
+    """Throughput and latency: bare runtimes, workers, a naive peer, the roofline (needs the export extra).
     With --soak MINUTES: the soak (needs only the runtime; matplotlib for its plot)."""
     import importlib.util
 
@@ -400,12 +400,17 @@ def bench_cmd(
         raise UserError(f"sentistream bench needs the bench and export extras (missing: {', '.join(missing)}): "
                         "pip install 'sentistream[bench,export]', or make bench")
     from sentistream.bench.run import run
+    from sentistream.bench.run_header import bench_command
 
     if fp32_bundle is not None and not fp32_bundle.exists():
         raise UserError(f"no bundle at {fp32_bundle}")
     settings = client_settings(bootstrap=bootstrap)
     console = Console()
-    console.print(run(settings, 1000 if quick else n, quick, fp32_bundle, checkpoint, out, console))
+    command = bench_command({"--bootstrap": bootstrap, "-n": None if quick or n == 4000 else n, "--quick": quick,
+                             "--fp32-bundle": fp32_bundle, "--checkpoint": checkpoint,
+                             "--out": None if out == Path("out/bench") else out}, Path.cwd())
+    console.print(run(settings, 1000 if quick else n, quick, fp32_bundle, checkpoint, out, console, command))
+    console.print(f"Plot: {out / 'bench.png'}")
 
 
 def _soak(bootstrap: str | None, minutes: float | None, rate: float | None, restart_every: float | None,

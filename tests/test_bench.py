@@ -1,0 +1,155 @@
+"""The bench's pure parts: the roofline (MACs from a graph, padded tokens, GOPS, the CPU's int8
+features), the header line bench.md starts with, and the tables it writes from measured rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sentistream.bench.roofline import CpuFacts, LinearLayers, cpu_facts, gops, linear_layers, padded_tokens
+from sentistream.bench.run import Row, roofline_lines, throughput_table, timed_batches
+from sentistream.bench.run_header import Header, bench_command, parse_header, shown_path
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R)   Processor
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx_vnni
+processor\t: 1
+model name\t: Intel(R) Xeon(R)   Processor
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx_vnni
+"""
+
+
+def test_linear_layers_count_weights_and_set_activation_matmuls_apart() -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.zeros(shape, np.int8 if name.endswith("q") else np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),  # a weight as it is: 8 × 4
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w_dq"]),
+        helper.make_node("MatMul", ["a", "w_dq"], ["b"]),  # a dequantized weight: 4 × 3
+        helper.make_node("Gemm", ["b", "g"], ["c"], transB=1),  # 5 × 3 (transposed)
+        helper.make_node("MatMulInteger", ["c8", "mq"], ["d"]),  # 5 × 2
+        helper.make_node("QLinearMatMul", ["d8", "s", "z", "qq", "s", "z", "s", "z"], ["e"]),  # 2 × 7
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),  # two activations: attention's
+        helper.make_node("Add", ["e", "w"], ["f"]),  # not a matmul
+    ]
+    graph = helper.make_graph(nodes, "g", [], [], [init("w", 8, 4), init("wq", 4, 3), init("g", 5, 3),
+                                                 init("mq", 5, 2), init("qq", 2, 7), init("s"), init("z")])
+    assert linear_layers(graph) == LinearLayers(8 * 4 + 4 * 3 + 5 * 3 + 5 * 2 + 2 * 7, counted=5, activation_matmuls=1)
+
+
+def test_shipped_bundle_has_minilm_l6s_linear_layers() -> None:
+    """6 layers × (4 projections of 384 × 384 + the FFN's 384 × 1536 and 1536 × 384), and the
+    classifier's 5 × 384: 10.62 M MACs per token (#27 said about 10.8 M); 12 attention matmuls."""
+    pytest.importorskip("onnx")
+    from sentistream.bench.roofline import bundle_linear_layers
+    from sentistream.worker.bundle import default_bundle_path
+
+    layers = bundle_linear_layers(default_bundle_path())
+    assert layers == LinearLayers(6 * (4 * 384 * 384 + 2 * 384 * 1536) + 5 * 384, counted=37, activation_matmuls=12)
+    assert 10.5e6 < layers.macs_per_token < 10.9e6
+
+
+def test_padded_tokens_pad_each_batch_to_its_longest() -> None:
+    assert padded_tokens([[3, 5, 4], [2], []]) == 3 * 5 + 2
+    assert padded_tokens([]) == 0
+
+
+def test_gops_counts_a_multiply_accumulate_as_two_operations() -> None:
+    assert gops(10_000_000, 1000.0) == pytest.approx(20.0)
+
+
+@dataclass
+class _Encoding:
+    ids: list[int]
+
+
+class _CountingBundle:
+    """Tokens are words; records the batches it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def tokenize(self, texts: list[str]) -> list[_Encoding]:
+        return [_Encoding(list(range(len(t.split())))) for t in texts]
+
+    def classify_encoded(self, batch: list[_Encoding]) -> None:
+        self.batches.append([len(e.ids) for e in batch])
+
+
+def test_timed_batches_count_the_padded_tokens_of_the_batches_run() -> None:
+    bundle = _CountingBundle()
+    texts = ["a " * n for n in (1, 5, 2, 6, 1, 9, 3, 3)]
+    timing = timed_batches(bundle, texts, window=4, batch_size=2, tolerance=1)  # type: ignore[arg-type]
+    assert timing.sentences == len(texts)
+    assert timing.padded_tokens == padded_tokens(bundle.batches) == sum(len(b) * max(b) for b in bundle.batches)
+    assert sum(len(b) for b in bundle.batches) == len(texts)
+
+
+def test_cpu_facts_name_the_int8_features_and_say_when_there_is_no_amx() -> None:
+    cpu = cpu_facts(CPUINFO)
+    assert cpu == CpuFacts("Intel(R) Xeon(R) Processor", 2, cpu.flags)
+    assert cpu.line() == "2 × Intel(R) Xeon(R) Processor, int8: AVX512-VNNI, AVX-VNNI, AMX: no"
+    amx = cpu_facts(CPUINFO.replace("avx_vnni", "amx_tile amx_int8"))
+    assert amx.int8() == "AVX512-VNNI, AMX: int8 + tile"
+    assert cpu_facts(CPUINFO.replace(" avx512_vnni avx_vnni", "")).int8() == "no VNNI, AMX: no"
+    assert cpu_facts("", "arm64", 8) == CpuFacts("arm64", 8, frozenset())
+
+
+def test_header_line_parses_back() -> None:
+    header = Header("sentistream bench --quick", "2026-12-03", cpu_facts(CPUINFO).line(), "sst5-minilm", "1.3.0")
+    assert parse_header(f"intro\n\n{header.line()}\n\n| table |") == header
+    assert parse_header("`sentistream bench` on 2026-12-03, bundle sst5-minilm 1.3.0") is None
+
+
+def test_bench_command_names_the_options_given_without_this_machines_paths(tmp_path: Path) -> None:
+    options = {"--bootstrap": None, "-n": 2000, "--quick": False, "--fp32-bundle": tmp_path / "out" / "fp32",
+               "--checkpoint": Path("/elsewhere/ckpt"), "--out": None}
+    assert bench_command(options, tmp_path) == "sentistream bench -n 2000 --fp32-bundle out/fp32 --checkpoint .../ckpt"
+    assert bench_command({"--quick": True}, tmp_path) == "sentistream bench --quick"
+    assert shown_path(Path("out/x"), tmp_path) == "out/x"
+
+
+def _rows() -> list[Row]:
+    return [Row("bare onnxruntime, int8, 1 thread (limit)", 400.0, kind="bare", precision="int8",
+                padded_per_sentence=25.0),
+            Row("sentistream worker (onnxruntime), int8, 1 process × 1 thread", 360.0, kind="worker", precision="int8"),
+            Row("bare openvino, int8, 1 thread", 500.0, runtime="openvino", kind="bare", precision="int8",
+                padded_per_sentence=25.0),
+            Row("sentistream worker (openvino), int8, 1 process × 1 thread", 450.0, runtime="openvino", kind="worker",
+                precision="int8"),
+            Row("bare onnxruntime, int8, 2 threads", 700.0, kind="bare", precision="int8", cores=2,
+                padded_per_sentence=25.0),
+            Row("naive peer", 100.0)]
+
+
+def test_roofline_gives_gops_per_core_and_the_ratio_of_runtimes() -> None:
+    lines = roofline_lines(_rows(), LinearLayers(10_000_000, 37, 12), cpu_facts(CPUINFO))
+    assert "10.00 M multiply-accumulates per token" in lines[0] and "12 activation × activation" in lines[0]
+    assert "int8 features: AVX512-VNNI, AVX-VNNI, AMX: no" in lines[0]
+    table = [line for line in lines if line.startswith("| onnxruntime") or line.startswith("| openvino")]
+    # 400 sentences/s × 25 padded tokens × 10 M MACs × 2 = 200 GOPS; the worker on the bare run's tokens
+    assert table == ["| onnxruntime | bare, 1 thread | 400 | 25.0 | 200 |",
+                     "| onnxruntime | worker, 1 process × 1 thread | 360 | 25.0 (bare's) | 180 |",
+                     "| openvino | bare, 1 thread | 500 | 25.0 | 250 |",
+                     "| openvino | worker, 1 process × 1 thread | 450 | 25.0 (bare's) | 225 |"]
+    assert lines[-1] == "openvino / onnxruntime per core: bare, 1 thread 1.25×, worker, 1 process × 1 thread 1.25×"
+
+
+def test_one_runtime_gives_no_ratio_line() -> None:
+    rows = [r for r in _rows() if r.runtime == "onnxruntime"]
+    assert not any("per core:" in line for line in roofline_lines(rows, LinearLayers(1, 1, 0), cpu_facts(CPUINFO)))
+
+
+def test_throughput_table_is_against_the_first_row_and_the_naive_peer() -> None:
+    rows = _rows()
+    lines = throughput_table(rows, rows[-1])
+    assert lines[0] == "| configuration | messages/s | × bare onnxruntime 1 thread | × naive peer |"
+    assert lines[3] == "| sentistream worker (onnxruntime), int8, 1 process × 1 thread | 360 | 0.90 | 3.6 |"
