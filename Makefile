@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # PyPI's torch is the large CUDA build (about 5 GB installed), so only the targets that run the
 # export step (its tests, the transformers peer of the benchmark) pull the export extra.
 SPEC_runtime := .
-SPEC_test := .[test,export]
+SPEC_test := .[test,export,openvino]
 SPEC_bench := .[bench,export]
 
 # uv installs from PyPI like pip, but keeps every wheel it unpacks in ~/.cache/uv and hardlinks

@@ -253,7 +253,8 @@ def worker_cmd(
     from sentistream.worker.bundle import Bundle, default_bundle_path
 
     # Refuse a bad bundle before anything starts; a single worker then serves this very session.
-    bundle = Bundle(settings.bundle or default_bundle_path(), threads=settings.threads, max_tokens=settings.max_tokens)
+    bundle = Bundle(settings.bundle or default_bundle_path(), threads=settings.threads, max_tokens=settings.max_tokens,
+                    runtime=settings.runtime)
     if create_topics:
         _ensure_topics(settings)
     if settings.processes > 1:

@@ -17,6 +17,10 @@ from sentistream.worker.contract import (
 )
 
 
+def model_ref(name: str, version: str) -> ModelRef:
+    return ModelRef(name=name, version=version, runtime="onnxruntime")
+
+
 @dataclass
 class Rec:
     value: bytes | None
@@ -75,7 +79,7 @@ def test_splitting_gives_ordered_sentences_with_doc_id() -> None:
 
 def test_headers_carry_the_users_and_add_ours() -> None:
     record = Rec(b"x", headers=[("trace", b"abc"), (f"{HEADER_PREFIX}model", b"old")])
-    headers = dict(result_headers(record, ModelRef(name="m", version="1")))
+    headers = dict(result_headers(record, model_ref("m", "1")))
     assert headers["trace"] == b"abc" and headers[f"{HEADER_PREFIX}model"] == b"m:1"
     dlq = dict(dead_letter_headers(Rejection(record, Reason.TOO_LARGE, "big")))
     assert dlq[f"{HEADER_PREFIX}dlq-reason"] == b"too_large"
@@ -129,7 +133,7 @@ def test_byte_order_mark_nul_bytes_and_id_types() -> None:
 
 
 def test_null_header_values_are_carried_as_empty() -> None:
-    headers = dict(result_headers(Rec(b"x", headers=[("name", None)]), ModelRef(name="m", version="1")))
+    headers = dict(result_headers(Rec(b"x", headers=[("name", None)]), model_ref("m", "1")))
     assert headers["name"] == b""
 
 
@@ -145,8 +149,7 @@ def test_split_is_read_from_the_object_and_must_be_a_boolean() -> None:
 def test_review_score_runs_from_minus_one_to_one_over_the_label_order() -> None:
     from sentistream.worker.contract import SourceRef, review_of
 
-    labels, model, src = ["neg", "neu", "pos"], ModelRef(name="m", version="1"), SourceRef(topic="t", partition=0,
-                                                                                             offset=0)
+    labels, model, src = ["neg", "neu", "pos"], model_ref("m", "1"), SourceRef(topic="t", partition=0, offset=0)
     def one(rows: list[dict[str, float]], predicted: list[str]):
         return review_of("r", labels, predicted, rows, model, src, {})
 
@@ -159,6 +162,6 @@ def test_review_score_runs_from_minus_one_to_one_over_the_label_order() -> None:
 
 
 def test_results_say_their_model_and_a_shadow_that_saw_them() -> None:
-    headers = dict(result_headers(Rec(b"x"), ModelRef(name="m", version="2"), ModelRef(name="c", version="3")))
+    headers = dict(result_headers(Rec(b"x"), model_ref("m", "2"), model_ref("c", "3")))
     assert headers[f"{HEADER_PREFIX}model"] == b"m:2" and headers[f"{HEADER_PREFIX}shadow"] == b"c:3"
-    assert f"{HEADER_PREFIX}shadow" not in dict(result_headers(Rec(b"x"), ModelRef(name="m", version="2")))
+    assert f"{HEADER_PREFIX}shadow" not in dict(result_headers(Rec(b"x"), model_ref("m", "2")))

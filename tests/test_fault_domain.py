@@ -37,7 +37,8 @@ class Faulty:
     """The real bundle, except that tokenizing or classifying the poisoned text raises ``fault``."""
 
     def __init__(self, bundle: Bundle, fault: BaseException, where: str) -> None:
-        self.bundle, self.manifest, self.fault, self.where = bundle, bundle.manifest, fault, where
+        self.bundle, self.manifest, self.runtime = bundle, bundle.manifest, bundle.runtime
+        self.fault, self.where = fault, where
         self.poison_ids = bundle.tokenize([POISON])[0].ids
 
     def tokenize(self, texts):

@@ -128,8 +128,10 @@ def test_shadow_then_promote_switches_between_batches_and_results_say_which_vers
     assert [r["label"] for r in after] == [p.label for p in Bundle(candidate).classify(TEXTS)]
     assert ops_.shadow is None and value(registry, "sentistream_model_swaps_total", command="promote") == 1
     sha = Bundle(default_bundle_path()).manifest.files["model.onnx"]
-    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SERVING, sha256=sha) == 0
-    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SHORT, sha256=sha) == 1
+    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SERVING, sha256=sha,
+                 runtime="onnxruntime") == 0
+    assert value(registry, "sentistream_model_info", name="sst5-minilm", version=SHORT, sha256=sha,
+                 runtime="onnxruntime") == 1
     assert ops_.handle(record("rollback", default_bundle_path()))
     assert {r["model"]["version"] for r in handle(ops_, TEXTS, first=10)} == {SERVING}
 

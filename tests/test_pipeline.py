@@ -26,7 +26,7 @@ class Poisoned:
     """The real bundle, except that any batch holding the poisoned text fails like onnxruntime."""
 
     def __init__(self, bundle: Bundle, poison: str, transient: int = 0) -> None:
-        self.bundle, self.manifest, self.calls = bundle, bundle.manifest, 0
+        self.bundle, self.manifest, self.runtime, self.calls = bundle, bundle.manifest, bundle.runtime, 0
         self.poison_ids = bundle.tokenize([poison])[0].ids
         self.transient = transient  # the first N calls fail whatever they hold
 

@@ -1,4 +1,4 @@
-"""The model bundle: its manifest, load, verify, tokenize, infer. The only user of onnxruntime.
+"""The model bundle: its manifest, load, verify, tokenize, infer (worker/sessions.py runs the model).
 
 A bundle is a directory with ``model.onnx``, ``tokenizer.json`` and ``manifest.json``. The
 manifest names the labels (in order), the max length and the model's input names, and holds the
@@ -6,8 +6,10 @@ sha256 of every file; a bundle whose hashes or inputs do not match is refused. :
 reads and writes it; :func:`staged_bundle` writes a bundle so that it appears whole or not at all.
 
 What is loaded is exactly what was hashed: :class:`Bundle` reads each file once into memory,
-checks its sha256 and builds the tokenizer and the onnxruntime session from those bytes; the
-manifest is parsed from the bytes whose hash it checked. Only the files the manifest lists are
+checks its sha256 and builds the tokenizer and the inference session from those bytes; the
+manifest is parsed from the bytes whose hash it checked. The session is onnxruntime's, or another
+runtime's that the manifest's ``runtimes`` records as having passed the int8 gate (a manifest
+without that field: onnxruntime only); ``auto`` measures which of those is fastest. Only the files the manifest lists are
 read, by plain names inside the bundle directory, and only regular files (a device or a FIFO is
 refused without being read).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -30,8 +33,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sentistream.worker.sessions import (
+    RUNTIMES,
+    OnnxruntimeSession,
+    OpenvinoSession,
+    Session,
+    SessionError,
+    Signature,
+    fastest,
+    installed,
+)
+
 if TYPE_CHECKING:
     from tokenizers import Encoding
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DEFAULT_BUNDLE_NAME = "sst5-minilm"
@@ -39,6 +55,23 @@ KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LOADED_FILES = ("model.onnx", "tokenizer.json")  # what the loader builds from; other listed files are only checked
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 2 << 30  # protobuf's limit: no ONNX model in one file is larger
+# What ``runtime=auto`` times the runtimes on (a bundle ships no texts of its own): a short, a
+# middle and a long third, each cycled into one batch of TIMING_BATCH, the worker's default batch.
+TIMING_TEXTS = (
+    "Great fun.",
+    "It is a movie.",
+    "The acting is superb.",
+    "A dull, lifeless film that never finds its footing.",
+    "The plot wanders, but the two leads carry every scene they share.",
+    "I laughed twice, checked my watch four times, and left before the credits rolled.",
+    "What begins as a sharp satire of office life slowly turns into a warm, patient study of two people who "
+    "have forgotten how to ask each other for help.",
+    "Even with a running time well past two hours, the film never drags: every subplot pays off, the score "
+    "knows when to stay quiet, and the final scene earns its tears without asking for them.",
+    "If you can forgive a clumsy first act and a villain whose motives are never quite explained, there is a "
+    "clever, generous and often very funny story here about a town that refuses to let its cinema close.",
+)
+TIMING_BATCH = 32
 
 
 class BundleError(RuntimeError):
@@ -126,6 +159,9 @@ class Manifest(BaseModel):
     session_config: dict[str, str | int | float] = Field(default_factory=dict)  # onnxruntime entries the loader applies
     parity: dict[str, Any] | None = None  # the export's ONNX-vs-PyTorch check
     figures: dict[str, Any] | None = None  # evaluation figures
+    # the runtimes whose outputs passed the int8 gate, each with its version, reference and figures
+    # (export/runtime_gate.py); None: an older bundle, onnxruntime only
+    runtimes: dict[str, dict[str, Any]] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("files")
@@ -179,6 +215,10 @@ class Manifest(BaseModel):
         finally:
             partial.unlink(missing_ok=True)
         return path
+
+    def passed_runtimes(self) -> tuple[str, ...]:
+        """The runtimes this bundle may serve on: those that passed its int8 gate."""
+        return tuple(self.runtimes) if self.runtimes is not None else ("onnxruntime",)
 
     def rehashed(self, bundle_dir: Path) -> Manifest:
         """A copy whose ``files`` holds the sha256 of every file in ``bundle_dir`` (the manifest and
@@ -290,11 +330,15 @@ class Bundle:
     """A verified, loaded bundle: ``logits(texts)`` and ``classify(texts)``.
 
     ``manifest_sha256``: the sha256 the manifest must have (a control command's), checked on the
-    very bytes the manifest is parsed from; :attr:`manifest_sha256` is then the loaded manifest's."""
+    very bytes the manifest is parsed from; :attr:`manifest_sha256` is then the loaded manifest's.
+    ``runtime``: ``onnxruntime``, ``openvino`` or ``auto`` (the fastest the bundle passed, measured
+    on :data:`TIMING_TEXTS`); a runtime the manifest does not record as passed is refused unless
+    ``gated`` is false (the gate itself, measuring a runtime it has not judged yet).
+    :attr:`runtime` is the one serving."""
 
     def __init__(self, path: Path, threads: int = 1, max_tokens: int | None = None,
                  verify: bool = True, providers: list[str] | None = None,
-                 manifest_sha256: str | None = None) -> None:
+                 manifest_sha256: str | None = None, runtime: str = "onnxruntime", gated: bool = True) -> None:
         self.path = Path(path)
         raw = read_manifest_bytes(self.path)
         self.manifest_sha256 = sha256_bytes(raw)
@@ -308,6 +352,7 @@ class Bundle:
         unknown = set(m.inputs) - set(KNOWN_INPUTS)
         if unknown:
             raise BundleError(f"manifest input(s) {sorted(unknown)} are not supported")
+        runtimes = self._runtimes(runtime, gated)
         blobs = self._read_files(verify)
         self.max_length = min(m.max_length, max_tokens) if max_tokens else m.max_length
         self.tokenizer = _tokenizer(blobs["tokenizer.json"], self.path)
@@ -319,8 +364,31 @@ class Bundle:
         if pad_id is None:
             pad_id = self.tokenizer.token_to_id("<pad>")
         self.pad_id = pad_id or 0
-        self.session = self._session(blobs.pop("model.onnx"), threads, providers)
         self.labels = list(m.labels)
+        model = blobs.pop("model.onnx")
+        sessions = [self._session(r, model, threads, providers) for r in runtimes]
+        self.session: Session = sessions[0] if len(sessions) == 1 else self._fastest(sessions, threads)
+
+    @property
+    def runtime(self) -> str:
+        return self.session.runtime
+
+    def _runtimes(self, runtime: str, gated: bool) -> list[str]:
+        """The runtimes to load: the one asked for, or for ``auto`` those the bundle passed that are installed."""
+        passed = self.manifest.passed_runtimes()
+        if runtime == "auto":
+            usable = [r for r in RUNTIMES if r in passed and installed(r)]
+            if not usable:
+                raise BundleError(f"bundle {self.path} passed the int8 gate on {', '.join(passed)}, "
+                                  "none of which is installed")
+            return usable
+        if runtime not in RUNTIMES:
+            raise BundleError(f"unknown runtime {runtime!r}: one of {', '.join(RUNTIMES)} or auto")
+        if gated and runtime not in passed:
+            raise BundleError(f"bundle {self.path} has not passed the int8 gate on {runtime} (its manifest "
+                              f"records {', '.join(passed)}): run sentistream export gate --bundle {self.path} "
+                              f"--runtime {runtime}, or serve it on {passed[0]}")
+        return [runtime]
 
     def _read_files(self, verify: bool) -> dict[str, bytes]:
         """The bytes of the files the loader builds from, each read once; with ``verify``, every
@@ -340,28 +408,26 @@ class Bundle:
                 blobs[name] = data
         return blobs
 
-    def _session(self, model: bytes, threads: int, providers: list[str] | None):
-        import onnxruntime as ort
-
+    def _session(self, runtime: str, model: bytes, threads: int, providers: list[str] | None) -> Session:
         m = self.manifest
-        options = session_options(threads, m.session_config)
+        signature = Signature(list(m.inputs), m.output, len(m.labels), str(self.path / "model.onnx"))
         try:
-            session = ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {self.path / 'model.onnx'}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        session_inputs = sorted(i.name for i in session.get_inputs())
-        if session_inputs != sorted(m.inputs):
-            raise BundleError(f"model.onnx takes inputs {session_inputs} but the manifest "
-                              f"says {sorted(m.inputs)}")
-        outputs = [o.name for o in session.get_outputs()]
-        if m.output not in outputs:
-            raise BundleError(f"model.onnx has no output {m.output!r} (it has {outputs})")
-        width = session.get_outputs()[outputs.index(m.output)].shape[-1]
-        if isinstance(width, int) and width != len(m.labels):
-            raise BundleError(f"model.onnx gives {width} scores but the manifest names "
-                              f"{len(m.labels)} labels")
-        return session
+            if runtime == "openvino":
+                return OpenvinoSession(model, signature, threads)
+            return OnnxruntimeSession(model, signature, session_options(threads, m.session_config), providers)
+        except SessionError as exc:
+            raise BundleError(str(exc)) from exc
+
+    def _fastest(self, sessions: list[Session], threads: int) -> Session:
+        """``auto``: the session with the most sentences per second on batches of :data:`TIMING_TEXTS`."""
+        encodings = self.tokenize(list(TIMING_TEXTS))
+        by_length = sorted(encodings, key=lambda e: len(e.ids))
+        n = len(by_length)  # short, middle and long sentences, each third cycled to a batch of its own
+        thirds = [by_length[:n // 3], by_length[n // 3:2 * n // 3], by_length[2 * n // 3:]]
+        feeds = [self.feed([part[i % len(part)] for i in range(TIMING_BATCH)]) for part in thirds]
+        timing = fastest(sessions, feeds)
+        log.info("%s", timing.line(len(feeds), TIMING_BATCH, threads))
+        return timing.chosen
 
     # -- tokenization --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[Encoding]:
@@ -393,7 +459,7 @@ class Bundle:
     def logits_of(self, encodings: list[Encoding]) -> np.ndarray:
         if not encodings:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.session.run([self.manifest.output], self.feed(encodings))[0]
+        return self.session.run(self.feed(encodings))
 
     def classify(self, texts: list[str]) -> list[Prediction]:
         return self.classify_encoded(self.tokenize(texts))

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 # 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results;
 # 1.3: dead-letter reasons internal_error and crashed_worker; 1.4: dead letters name the source
-# record's timestamp, the group, the worker, the model, the exception type, and the replay count
-CONTRACT_VERSION = "1.4"
+# record's timestamp, the group, the worker, the model, the exception type, and the replay count;
+# 1.5: a result's "model" names the runtime that ran it
+CONTRACT_VERSION = "1.5"
 REPLAY_COUNT = "sentistream-replay-count"
 HEADER_PREFIX = "sentistream-"
 
@@ -85,6 +86,7 @@ class InputMessage(BaseModel):
 class ModelRef(BaseModel):
     name: str
     version: str
+    runtime: str = Field(description="what ran the model: onnxruntime or openvino (contract 1.5)")
 
 
 class SourceRef(BaseModel):

@@ -71,9 +71,8 @@ class Worker:
         self.process_index = process_index
         self.report_lag = report_lag
         bundle = bundle or Bundle(settings.bundle or default_bundle_path(), threads=settings.threads,
-                                  max_tokens=settings.max_tokens)
-        m = bundle.manifest
-        metrics.serving(m.name, m.version, m.files["model.onnx"], m.labels)
+                                  max_tokens=settings.max_tokens, runtime=settings.runtime)
+        metrics.serving(bundle)
         # a latency-target worker's batch costs, learnt from every batch the pipeline classifies
         cost = CostModel() if settings.latency_target_ms else None
         self.pipeline = Pipeline(settings, bundle, metrics, cost=cost)  # what serves, after any swap too

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +22,9 @@ from prometheus_client import (
 
 from sentistream.worker.contract import Reason
 from sentistream.worker.health import PROBLEMS
+
+if TYPE_CHECKING:
+    from sentistream.worker.bundle import Bundle
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -55,8 +59,9 @@ class WorkerMetrics:
             "Input record timestamp to result acknowledged by the broker.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.lag = consumer_lag_gauge(r)
-        self.model_info = Gauge("sentistream_model_info", "The served model bundle (value 1).",
-                                ["name", "version", "sha256"], registry=r, multiprocess_mode="livemax")
+        self.model_info = Gauge("sentistream_model_info", "The served model bundle (value 1), and the runtime "
+                                "that runs it.", ["name", "version", "sha256", "runtime"], registry=r,
+                                multiprocess_mode="livemax")
         self.ready = Gauge("sentistream_worker_ready", "1 while /readyz would answer 200 (see "
                            "sentistream_worker_problem for why not).", registry=r, multiprocess_mode="liveall")
         self.problem = Gauge("sentistream_worker_problem", "1 while a problem keeps the worker from being "
@@ -118,15 +123,20 @@ class WorkerMetrics:
     def problem_changed(self, problem: str, holds: bool) -> None:
         self.problem.labels(problem).set(1 if holds else 0)
 
-    def serving(self, name: str, version: str, sha256: str, labels: list[str]) -> None:
+    def serving(self, bundle: Bundle) -> None:
         """Announce the loaded bundle; its labels' counters start at 0 (see above)."""
-        self.model_info.labels(name, version, sha256).set(1)
-        for label in labels:
+        self.model_info.labels(*_model_labels(bundle)).set(1)
+        for label in bundle.labels:
             self.classified.labels(label)
 
-    def retired(self, name: str, version: str, sha256: str) -> None:
+    def retired(self, bundle: Bundle) -> None:
         """The bundle no longer serves (swapped out without a restart)."""
-        self.model_info.labels(name, version, sha256).set(0)
+        self.model_info.labels(*_model_labels(bundle)).set(0)
+
+
+def _model_labels(bundle: Bundle) -> tuple[str, str, str, str]:
+    m = bundle.manifest
+    return m.name, m.version, m.files["model.onnx"], bundle.runtime
 
 
 class SupervisorMetrics:

@@ -115,7 +115,8 @@ class ModelOps:
         """``--shadow-bundle``: run the bundle at ``path`` beside the serving one. A bundle that
         cannot load is dropped (logged, counted) and serving goes on."""
         s = self.settings
-        shadow = Shadow.load(path, self.metrics, s.batch_size, threads=s.threads, max_tokens=s.max_tokens)
+        shadow = Shadow.load(path, self.metrics, s.batch_size, threads=s.threads, max_tokens=s.max_tokens,
+                             runtime=s.runtime)
         if shadow is None:
             return False
         self._set_shadow(shadow)
@@ -213,7 +214,8 @@ class ModelOps:
             raise Refused("unknown_bundle", f"bundle {command.bundle}: no {MANIFEST}")
         s = self.settings
         try:
-            return Bundle(path, threads=s.threads, max_tokens=s.max_tokens, manifest_sha256=command.sha256)
+            return Bundle(path, threads=s.threads, max_tokens=s.max_tokens, manifest_sha256=command.sha256,
+                          runtime=s.runtime)
         except DigestMismatch as exc:
             raise Refused("hash_mismatch", f"bundle {command.bundle}: {exc}") from exc
         except BundleError as exc:
@@ -236,11 +238,11 @@ class ModelOps:
 
     def _swap(self, bundle: Bundle, how: str) -> None:
         """Serve ``bundle`` from the next piece of work on."""
-        old = self.pipeline.bundle.manifest
-        new = bundle.manifest
+        retired = self.pipeline.bundle
+        old, new = retired.manifest, bundle.manifest
         self.pipeline.swap(bundle)
-        self.metrics.retired(old.name, old.version, old.files["model.onnx"])
-        self.metrics.serving(new.name, new.version, new.files["model.onnx"], new.labels)
+        self.metrics.retired(retired)
+        self.metrics.serving(bundle)
         self.metrics.model_swaps.labels(how).inc()
         log.warning("model swapped (%s): %s %s -> %s %s, from the next batch on", how, old.name, old.version,
                     new.name, new.version)

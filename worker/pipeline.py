@@ -330,7 +330,7 @@ class Pipeline:
 
 def _model_of(bundle: Bundle) -> ModelRef:
     m = bundle.manifest
-    return ModelRef(name=m.name, version=m.version)
+    return ModelRef(name=m.name, version=m.version, runtime=bundle.runtime)
 
 
 def output_floor(record: RawRecord, sentences: list[Sentence], review: bool) -> int:

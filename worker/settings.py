@@ -18,6 +18,7 @@ DeliveryMode = Literal["at-least-once", "exactly-once"]
 Rebalance = Literal["cooperative", "eager"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+RuntimeChoice = Literal["onnxruntime", "openvino", "auto"]  # worker/sessions.py RUNTIMES, or auto
 
 
 def default_home() -> Path:
@@ -63,7 +64,10 @@ class Settings(BaseSettings):
                                           "inference cost); default off: up to 8 batches per piece")
     max_message_bytes: int = Field(default=64 * 1024, ge=16)
     max_tokens: int | None = Field(default=None, ge=4, description="cap below the bundle's")
-    threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads")
+    threads: int = Field(default=1, ge=1, le=256, description="inference threads per process (intra-op)")
+    runtime: RuntimeChoice = Field(default="onnxruntime", description="what runs the bundle's model.onnx: a "
+                                   "runtime its manifest records as having passed the int8 gate (openvino needs "
+                                   "the openvino extra); auto: the fastest of those, measured when it loads (≤ 2 s)")
     split_sentences: bool = False
     max_sentences: int = Field(default=256, ge=1, description="a record that splits into more is dead-lettered "
                                "(too_many_sentences)")

@@ -33,7 +33,7 @@ class Shadow:
         self.metrics = metrics
         self.batch_size = batch_size
         m = bundle.manifest
-        self.model = ModelRef(name=m.name, version=m.version)
+        self.model = ModelRef(name=m.name, version=m.version, runtime=bundle.runtime)
         self.compared = 0
         self.agreed = 0
         metrics.shadow_info.labels(m.name, m.version, m.files["model.onnx"]).set(1)
@@ -41,10 +41,10 @@ class Shadow:
 
     @classmethod
     def load(cls, path: Path, metrics: WorkerMetrics, batch_size: int, threads: int = 1,
-             max_tokens: int | None = None) -> Shadow | None:
+             max_tokens: int | None = None, runtime: str = "onnxruntime") -> Shadow | None:
         """The shadow of the bundle at ``path``, or None (logged, counted) when it cannot load."""
         try:
-            return cls(Bundle(path, threads=threads, max_tokens=max_tokens), metrics, batch_size)
+            return cls(Bundle(path, threads=threads, max_tokens=max_tokens, runtime=runtime), metrics, batch_size)
         except Exception as exc:  # BundleError, or onnxruntime's untyped errors: serving goes on
             log.error("shadow bundle %s dropped: it cannot be loaded (%s)", path, one_line(exc))
             metrics.shadow_dropped.labels("load_failed").inc()
