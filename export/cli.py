@@ -1,4 +1,4 @@
-"""``sentistream export …``: onnx, train, eval. Imported only when the user runs ``export``."""
+"""``sentistream export …``: onnx, train, gate, eval. Imported only when the user runs ``export``."""
 
 from __future__ import annotations
 
@@ -140,8 +140,27 @@ def _quantize_gated(fp32_dir: Path, work: Path, method: str, dataset,
             typer.echo(f"int8 {candidate} refused ({'; '.join(err.failed)}); trying the next method")
             continue
         typer.echo(f"int8 {candidate} accepted: {json.dumps(gate)}")
+        _gate_other_runtimes(fp32_dir, int8_dir, texts, y, gate)
         return int8_dir, gate, refused
     raise AssertionError("unreachable: the last refusal is raised")
+
+
+def _gate_other_runtimes(fp32_dir: Path, int8_dir: Path, texts: list[str], labels, onnxruntime_gate: dict) -> None:
+    """Gate the accepted int8 bundle on every other installed runtime too; record in its manifest
+    the runtimes that passed (export/runtime_gate.py)."""
+    from sentistream.export import runtime_gate
+    from sentistream.worker.bundle import Manifest
+    from sentistream.worker.sessions import EXTRA, RUNTIMES
+
+    outcome = runtime_gate.gate_runtimes(fp32_dir, int8_dir, texts, labels, onnxruntime_gate)
+    for runtime in RUNTIMES:
+        if runtime in outcome.refused:
+            typer.echo(f"int8 on {runtime} refused ({'; '.join(outcome.refused[runtime])}): not recorded")
+        elif runtime not in outcome.runtimes:
+            typer.echo(f"{runtime} is not installed: not gated on it (pip install '{EXTRA[runtime]}')")
+        elif runtime != "onnxruntime":
+            typer.echo(f"int8 on {runtime} accepted: {json.dumps(outcome.runtimes[runtime]['gate'])}")
+    Manifest.read(int8_dir).model_copy(update={"runtimes": outcome.runtimes}).write(int8_dir)
 
 
 @app.command("onnx")
@@ -407,6 +426,60 @@ def quantize_cmd(
             add_report(fp32_bundle, built, dataset, fp32_name=f"{fp32.name} fp32 reference")
         publish(built, out)
     typer.echo(f"int8 bundle: {out}")
+
+
+@app.command("gate")
+def gate_cmd(
+    bundle: Annotated[Path, typer.Option(help="an int8 bundle (its manifest records the onnxruntime gate)")],
+    runtime: Annotated[list[str] | None, typer.Option(
+        help="the runtime to gate it on (more than once for several); default: every installed one but onnxruntime")
+    ] = None,
+    fp32: Annotated[Path | None, typer.Option(
+        help="the fp32 export it was gated against (OUT-fp32 of export train); default: compare with its own "
+             "onnxruntime outputs (docs/quantization.md)")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help='for a bundle with its own labels: JSON lines {"text": ..., "label": ...}; default: the fixed test '
+             "split (five SST classes), else the sample sentences without labels")] = None,
+) -> None:
+    """Run the int8 gate for an existing bundle on another runtime, and record in its manifest the
+    runtimes that passed (model.onnx does not change; the manifest's sha256 does)."""
+    _require_export_extra(("sklearn",))
+    from sentistream.export import runtime_gate
+    from sentistream.worker.bundle import Manifest
+    from sentistream.worker.sessions import EXTRA, RUNTIMES, installed
+
+    wanted = runtime or runtime_gate.other_runtimes()
+    for name in wanted:
+        if name not in RUNTIMES:
+            raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}", param_hint="--runtime")
+        if not installed(name):
+            raise typer.BadParameter(f"{name} is not installed: pip install '{EXTRA[name]}'", param_hint="--runtime")
+    if not wanted:
+        raise typer.BadParameter("no runtime but onnxruntime is installed: pip install 'sentistream[openvino]'",
+                                 param_hint="--runtime")
+    texts, labels = _gate_sentences(Manifest.read(bundle).labels, data)
+    for name in wanted:
+        if name == "onnxruntime":
+            typer.echo("onnxruntime is the reference runtime: its gate is the manifest's quantization.gate")
+            continue
+        reference, figures = runtime_gate.gate_existing(bundle, name, texts, labels, fp32)
+        runtime_gate.record(bundle, name, reference, figures)
+        typer.echo(f"int8 on {name} accepted against {reference}: {json.dumps(figures.to_json())}")
+    typer.echo(f"{bundle}: runtimes {', '.join(Manifest.read(bundle).passed_runtimes())}")
+
+
+def _gate_sentences(labels: list[str], data: Path | None) -> tuple[list[str], object]:
+    """What ``export gate`` measures on: ``data``, or the fixed test split for the five SST classes,
+    else the sample sentences without labels."""
+    from sentistream.export import evaluate, onnx_export
+
+    if data is not None:
+        return evaluate.read_labelled(data, labels)
+    if _is_default_task(labels):
+        from sentistream.export import data as data_mod
+
+        return data_mod.load(data_mod.default_cache_dir()).part("test")[:2]
+    return onnx_export.SAMPLE_SENTENCES, None
 
 
 @app.command("eval")

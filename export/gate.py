@@ -15,6 +15,18 @@ fp32 export (never a re-trained model's own export):
    one activation scale per tensor computes that scale over the whole batch, so a label could
    depend on what else arrived; static scales, per-token scales and fp32 do not.
 
+**Per runtime.** The clauses hold for each runtime a bundle may serve on (worker/sessions.py),
+each runtime running the same ``model.onnx``; the fp32 reference always runs on onnxruntime, the
+runtime its parity with PyTorch was checked on. ``export`` gates every installed runtime against the
+fp32 export and records those that pass in the manifest's ``runtimes`` (export/runtime_gate.py).
+For a bundle exported earlier (``sentistream export gate --bundle B --runtime R``) the fp32 export
+is used when it is given (``--fp32``, checked against the hash the manifest names); without it
+the reference is **the same bundle's int8 outputs on onnxruntime**, which passed against fp32:
+clause 1 compares with the fp32 accuracy and macro-F1 the manifest recorded on the same sentences
+(the fixed test split), clause 2 asks ≥ 99.5 % agreement with onnxruntime where onnxruntime is
+confident, clause 3 is the runtime's own. A runtime that passes is added to ``runtimes``;
+``model.onnx`` is never changed.
+
 :func:`figures_of` is pure (logits in, :class:`GateFigures` out) so that each clause can be
 tested on synthetic logits; :func:`gate` runs two bundles and raises
 :class:`~sentistream.export.errors.QuantizationGateError` listing every failed clause.
@@ -96,9 +108,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def figures_of(fp32: np.ndarray, int8: np.ndarray, int8_alone: np.ndarray,
-               labels: np.ndarray | None = None) -> GateFigures:
+               labels: np.ndarray | None = None, fp32_scores: tuple[float, float] | None = None) -> GateFigures:
     """The gate's figures from logits (rows: sentences): ``fp32`` and ``int8`` in the worker's
-    batches, ``int8_alone`` one sentence per call; ``labels`` the true class ids, if known."""
+    batches, ``int8_alone`` one sentence per call; ``labels`` the true class ids, if known.
+    ``fp32_scores``: fp32's accuracy and macro-F1 on these sentences as recorded earlier, when
+    the ``fp32`` logits are another reference's (an existing bundle's onnxruntime outputs)."""
     log_p, log_q = _log_softmax(fp32), _log_softmax(int8)
     p = np.exp(log_p)
     top2 = np.sort(p, axis=1)[:, -2:]
@@ -122,6 +136,8 @@ def figures_of(fp32: np.ndarray, int8: np.ndarray, int8_alone: np.ndarray,
         acc = [float((logits.argmax(1) == labels).mean()) for logits in (fp32, int8)]
         f1 = [float(f1_score(labels, logits.argmax(1), labels=classes, average="macro", zero_division=0))
               for logits in (fp32, int8)]
+        if fp32_scores is not None:
+            acc[0], f1[0] = fp32_scores
         figures.update(fp32_accuracy=acc[0], int8_accuracy=acc[1], accuracy_ratio=acc[1] / acc[0] if acc[0] else 1.0,
                        fp32_macro_f1=f1[0], int8_macro_f1=f1[1], macro_f1_drop=f1[0] - f1[1])
     return GateFigures(**figures)
@@ -135,15 +151,30 @@ def check(figures: GateFigures) -> GateFigures:
     return figures
 
 
+def reference_logits(bundle_dir: Path, texts: list[str], threads: int = 1) -> np.ndarray:
+    """A reference bundle's logits on ``texts`` in the worker's batches, on onnxruntime."""
+    from sentistream.worker.bundle import Bundle
+
+    return batched_logits(Bundle(bundle_dir, threads=threads), texts, BATCH_SIZE)
+
+
+def measure_runtime(reference: np.ndarray, int8_dir: Path, texts: list[str], labels: np.ndarray | None,
+                    runtime: str = "onnxruntime", threads: int = 1,
+                    fp32_scores: tuple[float, float] | None = None) -> GateFigures:
+    """The int8 bundle on ``runtime`` (in the worker's batches, and one sentence at a time)
+    against the ``reference`` logits of the same ``texts``."""
+    from sentistream.worker.bundle import Bundle
+
+    int8 = Bundle(int8_dir, threads=threads, runtime=runtime, gated=False)
+    return figures_of(reference, batched_logits(int8, texts, BATCH_SIZE), alone_logits(int8, texts), labels,
+                      fp32_scores)
+
+
 def measure(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray | None,
             threads: int = 1) -> GateFigures:
     """Run both bundles through the worker's loader on ``texts``: fp32 and int8 in the worker's
-    batches, int8 also one sentence at a time. ``threads``: onnxruntime intra-op threads."""
-    from sentistream.worker.bundle import Bundle
-
-    int8 = Bundle(int8_dir, threads=threads)
-    return figures_of(batched_logits(Bundle(fp32_dir, threads=threads), texts, BATCH_SIZE),
-                      batched_logits(int8, texts, BATCH_SIZE), alone_logits(int8, texts), labels)
+    batches, int8 also one sentence at a time, both on onnxruntime. ``threads``: intra-op threads."""
+    return measure_runtime(reference_logits(fp32_dir, texts, threads), int8_dir, texts, labels, threads=threads)
 
 
 def gate(fp32_dir: Path, int8_dir: Path, texts: list[str], labels: np.ndarray | None,
