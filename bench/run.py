@@ -32,6 +32,7 @@ from sentistream.worker import kafka_clients
 from sentistream.worker.batching import length_sorted_batches
 from sentistream.worker.bundle import Bundle, Manifest, default_bundle_path
 from sentistream.worker.loop import POLL_BATCHES
+from sentistream.worker.sessions import RUNTIMES, installed
 from sentistream.worker.settings import Settings
 
 
@@ -98,12 +99,14 @@ def batched_throughput(bundle: Bundle, texts: list[str], window: int, batch_size
     return timed_batches(bundle, texts, window, batch_size, tolerance, by).rate
 
 
-def bare_run(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> Timing:
+def bare_run(bundle_dir: Path, texts: list[str], batch_size: int, threads: int,
+             runtime: str = "onnxruntime") -> Timing:
     """The limit: the worker's batches without Kafka — a poll's worth of texts at a time
-    (``batch_size × POLL_BATCHES``), tokenized together, batched by token count."""
-    bundle = Bundle(bundle_dir, threads=threads)
-    bundle.classify(texts[:batch_size])  # warm-up
-    return timed_batches(bundle, texts, batch_size * POLL_BATCHES, batch_size)
+    (``batch_size × POLL_BATCHES``), tokenized together, batched by token count — on ``runtime``."""
+    bundle = Bundle(bundle_dir, threads=threads, runtime=runtime)
+    window = batch_size * POLL_BATCHES
+    timed_batches(bundle, texts[:window], window, batch_size)  # warm-up: a runtime may prepare per input shape
+    return timed_batches(bundle, texts, window, batch_size)
 
 
 def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, threads: int) -> float:
@@ -112,8 +115,10 @@ def bare_onnxruntime(bundle_dir: Path, texts: list[str], batch_size: int, thread
 
 
 def measured_runtimes(manifest: Manifest) -> list[str]:
-    """The runtimes the bench measures, onnxruntime (the limit every ratio is against) first."""
-    return ["onnxruntime"]
+    """The runtimes the bench measures: those the bundle passed the int8 gate on and that are
+    installed, onnxruntime (the limit every ratio is against) first."""
+    passed = manifest.passed_runtimes()
+    return [r for r in RUNTIMES if r in passed and installed(r)]
 
 
 class Topics:
@@ -301,12 +306,14 @@ def this_cpu() -> CpuFacts:
                      os.cpu_count() or 1)
 
 
-def machine_facts() -> str:
+def machine_facts(runtimes: tuple[str, ...] = ("onnxruntime",)) -> str:
     import kafka
-    import onnxruntime
+
+    from sentistream.worker.sessions import version
 
     cpu = this_cpu()
-    return (f"{cpu.cores} cores ({cpu.model}), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+    versions = ", ".join(f"{r} {version(r)}" for r in runtimes)
+    return (f"{cpu.cores} cores ({cpu.model}), Python {platform.python_version()}, {versions}, "
             f"kafka-python {kafka.__version__}")
 
 
@@ -360,13 +367,14 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
         rows: list[Row] = []
 
         def bare(bundle: Path, precision: str, threads: int, runtime: str = "onnxruntime", suffix: str = "") -> Row:
-            timing = bare_run(bundle, texts, 32, threads)
+            timing = bare_run(bundle, texts, 32, threads, runtime)
             return Row(f"bare {runtime}, {precision}, {_plural(threads, 'thread')}{suffix}", timing.rate,
                        runtime=runtime, kind="bare", precision=precision, cores=threads,
                        padded_per_sentence=timing.padded_tokens / timing.sentences)
 
         def worker(bundle: Path, precision: str, processes: int, threads: int, runtime: str = "onnxruntime") -> Row:
-            rate, info = worker_throughput(settings, bootstrap, bundle, texts, processes, threads, 32, 4)
+            on = settings.model_copy(update={"runtime": runtime})
+            rate, info = worker_throughput(on, bootstrap, bundle, texts, processes, threads, 32, 4)
             name = f"sentistream worker ({runtime}), {precision}, {_plural(processes, 'process')} × " \
                    f"{_plural(threads, 'thread')}"
             return Row(name, rate, "" if info["accounted"] else "MISSING OUTPUT", runtime=runtime, kind="worker",
@@ -410,7 +418,7 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             progress.advance(task)
             step("latency at a quarter and at half of peak")
             peak = rows[1].msgs_per_s
-            on_first = settings
+            on_first = settings.model_copy(update={"runtime": runtimes[0]})
             latencies = []
             for share in LATENCY_SHARES:
                 latencies.append(latency_at_rate(on_first, bootstrap, int8, peak * share, 5 if quick else 20, texts)
@@ -424,7 +432,7 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             cluster.down()
     header = Header(command, time.strftime("%Y-%m-%d", time.gmtime()), this_cpu().line(), manifest.name,
                     manifest.version)
-    lines = [header.line(), "", f"Machine: {machine_facts()}.",
+    lines = [header.line(), "", f"Machine: {machine_facts(tuple(runtimes))}.",
              f"Sentences: {len(texts)} from the fixed test split; batch 32; input topic with 4 partitions; "
              "broker: local Apache Kafka.", "",
              *throughput_table(rows, naive), "",

@@ -153,3 +153,21 @@ def test_throughput_table_is_against_the_first_row_and_the_naive_peer() -> None:
     lines = throughput_table(rows, rows[-1])
     assert lines[0] == "| configuration | messages/s | × bare onnxruntime 1 thread | × naive peer |"
     assert lines[3] == "| sentistream worker (onnxruntime), int8, 1 process × 1 thread | 360 | 0.90 | 3.6 |"
+
+
+class _Manifest:
+    def __init__(self, *passed: str) -> None:
+        self.passed = passed
+
+    def passed_runtimes(self) -> tuple[str, ...]:
+        return self.passed
+
+
+def test_the_bench_measures_the_runtimes_the_bundle_passed_that_are_installed(monkeypatch) -> None:
+    from sentistream.bench import run
+
+    monkeypatch.setattr(run, "installed", lambda runtime: True)
+    assert run.measured_runtimes(_Manifest("openvino", "onnxruntime")) == ["onnxruntime", "openvino"]
+    assert run.measured_runtimes(_Manifest("onnxruntime")) == ["onnxruntime"]
+    monkeypatch.setattr(run, "installed", lambda runtime: runtime == "onnxruntime")
+    assert run.measured_runtimes(_Manifest("onnxruntime", "openvino")) == ["onnxruntime"]
