@@ -306,15 +306,19 @@ def this_cpu() -> CpuFacts:
                      os.cpu_count() or 1)
 
 
-def machine_facts(runtimes: tuple[str, ...] = ("onnxruntime",)) -> str:
+def versions(runtimes: tuple[str, ...] = ("onnxruntime",)) -> str:
+    """``Python 3.11.7, onnxruntime 1.32.0, kafka-python 3.0.12``: with each runtime's version."""
     import kafka
 
     from sentistream.worker.sessions import version
 
+    runtime_versions = ", ".join(f"{r} {version(r)}" for r in runtimes)
+    return f"Python {platform.python_version()}, {runtime_versions}, kafka-python {kafka.__version__}"
+
+
+def machine_facts(runtimes: tuple[str, ...] = ("onnxruntime",)) -> str:
     cpu = this_cpu()
-    versions = ", ".join(f"{r} {version(r)}" for r in runtimes)
-    return (f"{cpu.cores} cores ({cpu.model}), Python {platform.python_version()}, {versions}, "
-            f"kafka-python {kafka.__version__}")
+    return f"{cpu.cores} cores ({cpu.model}), {versions(runtimes)}"
 
 
 def plot(rows: list[Row], latencies: list[dict], path: Path) -> None:
@@ -432,13 +436,9 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
             cluster.down()
     header = Header(command, time.strftime("%Y-%m-%d", time.gmtime()), this_cpu().line(), manifest.name,
                     manifest.version)
-    lines = [header.line(), "", f"Machine: {machine_facts(tuple(runtimes))}.",
-             f"Sentences: {len(texts)} from the fixed test split; batch 32; input topic with 4 partitions; "
-             "broker: local Apache Kafka.", "",
-             *throughput_table(rows, naive), "",
-             *roofline_lines(rows, bundle_linear_layers(int8), this_cpu()), "",
-             *latency_lines(latencies, runtimes[0]), "",
-             f"Idle worker (ready, no traffic): {idle * 100:.2f} % of one core."]
+    layers = bundle_linear_layers(int8)
+    lines = [header.line(), "", *throughput_table(rows, naive, layers), "", roofline_line(rows, layers, this_cpu()), "",
+             setup_and_latency_line(len(texts), runtimes, latencies, idle)]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = "\n".join(lines)
     (out_dir / "bench.md").write_text(table + "\n")
@@ -446,53 +446,63 @@ def run(settings: Settings, n: int, quick: bool, fp32_bundle: Path | None, check
     return table
 
 
-def throughput_table(rows: list[Row], naive: Row | None) -> list[str]:
-    limit = rows[0]
-    lines = [f"| configuration | messages/s | × bare {limit.runtime} 1 thread | × naive peer |", "|---|---:|---:|---:|"]
+def padded_per_sentence(rows: list[Row]) -> dict[str, float]:
+    """Per runtime, the padded tokens per sentence of its int8 bare 1-thread row (a worker row of the
+    runtime runs the same sentences in the same batches)."""
+    return {r.runtime: r.padded_per_sentence for r in rows
+            if r.kind == "bare" and r.cores == 1 and r.precision == "int8" and r.padded_per_sentence}
+
+
+def throughput_table(rows: list[Row], naive: Row | None, layers: LinearLayers) -> list[str]:
+    """Every row: messages/s, per core, against the first row and the naive peer, and for int8
+    rows the achieved int8 GOPS per core of the linear layers."""
+    limit, tokens = rows[0], padded_per_sentence(rows)
+    lines = [f"| configuration | messages/s | per core | × bare {limit.runtime} 1 thread | × naive peer | "
+             "int8 GOPS per core, linear layers |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        per_core = r.msgs_per_s / r.cores
         vs_naive = f"{r.msgs_per_s / naive.msgs_per_s:.1f}" if naive else "n/a"
-        lines.append(f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.msgs_per_s:,.0f} | "
-                     f"{r.msgs_per_s / limit.msgs_per_s:.2f} | {vs_naive} |")
+        roof = f"{gops(layers.macs_per_token, per_core * tokens[r.runtime]):,.0f}" \
+            if r.precision == "int8" and r.runtime in tokens else "–"
+        lines.append(f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.msgs_per_s:,.0f} | {per_core:,.0f} | "
+                     f"{r.msgs_per_s / limit.msgs_per_s:.2f} | {vs_naive} | {roof} |")
     return lines
 
 
-ROOFLINE_ROWS = {"bare": "bare, 1 thread", "worker": "worker, 1 process × 1 thread"}  # Row.kind → label
+ONE_CORE_ROWS = {"bare": "bare 1 thread", "worker": "worker 1 × 1"}  # Row.kind → how a ratio names it
 
 
-def roofline_lines(rows: list[Row], layers: LinearLayers, cpu: CpuFacts) -> list[str]:
-    """Per runtime, its int8 rows on one core (bare, 1 thread; worker, 1 × 1): sentences/s per core,
-    padded tokens per sentence (the worker's: the bare run's, same sentences, same batching) and
-    the achieved int8 GOPS of the linear layers; then each other runtime's ratio to the first."""
-    one_core = [r for r in rows if r.kind in ROOFLINE_ROWS and r.cores == 1 and r.precision == "int8"]
-    tokens = {r.runtime: r.padded_per_sentence for r in one_core if r.kind == "bare"}
-    per_core = {(r.runtime, r.kind): r.msgs_per_s for r in one_core if r.runtime in tokens}
-    lines = [f"Roofline, one core each: the linear layers are {layers.macs_per_token / 1e6:.2f} M multiply-accumulates "
-             f"per token ({layers.counted} MatMul/Gemm with a weight, from model.onnx; attention's "
-             f"{layers.activation_matmuls} activation × activation MatMuls, which grow with the padded length, "
-             "are not counted); padded tokens: batch size × longest sentence, summed over the batches run; "
-             f"int8 features: {cpu.int8()}.", "",
-             "| runtime | row | sentences/s per core | padded tokens / sentence | int8 GOPS, linear layers |",
-             "|---|---|---:|---:|---:|"]
-    for (runtime, kind), rate in per_core.items():
-        note = "" if kind == "bare" else " (bare's)"
-        lines.append(f"| {runtime} | {ROOFLINE_ROWS[kind]} | {rate:,.0f} | {tokens[runtime]:.1f}{note} | "
-                     f"{gops(layers.macs_per_token, rate * tokens[runtime]):,.0f} |")
-    first = next(iter(tokens), None)
-    ratios = [f"{runtime} / {first} per core: " + ", ".join(
-              f"{ROOFLINE_ROWS[kind]} {rate / per_core[first, kind]:.2f}×"
-              for (r, kind), rate in per_core.items() if r == runtime and (first, kind) in per_core)
-              for runtime in tokens if runtime != first]
-    return lines + (["", *ratios] if ratios else [])
+def roofline_line(rows: list[Row], layers: LinearLayers, cpu: CpuFacts) -> str:
+    """How the GOPS column is made, and each other runtime's ratio to the first per core, on the
+    int8 rows of one core (bare, 1 thread; worker, 1 process × 1 thread)."""
+    tokens = padded_per_sentence(rows)
+    padded = (f"{next(iter(tokens.values())):.1f}" if len(set(tokens.values())) == 1 else
+              ", ".join(f"{t:.1f} ({runtime})" for runtime, t in tokens.items()))
+    line = (f"GOPS = 2 × {layers.macs_per_token / 1e6:.2f} M multiply-accumulates per token in the linear layers "
+            f"({layers.counted} MatMul/Gemm with a weight in model.onnx; attention's {layers.activation_matmuls} "
+            f"activation × activation MatMuls, which grow with the padded length, not counted) × {padded} padded "
+            "tokens per sentence (batch size × longest sentence over the bare run's batches) × sentences/s per "
+            f"core; int8 features: {cpu.int8()}.")
+    one_core = {(r.runtime, r.kind): r.msgs_per_s for r in rows
+                if r.kind in ONE_CORE_ROWS and r.cores == 1 and r.precision == "int8"}
+    first = rows[0].runtime
+    for runtime in tokens:
+        ratios = [f"{ONE_CORE_ROWS[kind]} {rate / one_core[first, kind]:.2f}×" for (r, kind), rate in one_core.items()
+                  if r == runtime != first and (first, kind) in one_core]
+        if ratios:
+            line += f" {runtime} / {first} per core: {', '.join(ratios)}."
+    return line
 
 
-def latency_lines(latencies: list[dict], runtime: str) -> list[str]:
-    lines = [f"End-to-end latency of one worker ({runtime}, 1 process × 1 thread), record timestamp → result "
-             "acknowledged, from histogram buckets:", "",
-             "| offered | messages | p50 | p95 | p99 |", "|---|---:|---:|---:|---:|"]
-    for lat in latencies:
-        lines.append(f"| {lat['rate']:.0f} msgs/s ({lat['share']:.0%} of the 1×1 peak) | {lat['n']} | "
-                     f"{lat[0.5] * 1000:.1f} ms | {lat[0.95] * 1000:.1f} ms | {lat[0.99] * 1000:.1f} ms |")
-    return lines
+def setup_and_latency_line(n: int, runtimes: list[str], latencies: list[dict], idle: float) -> str:
+    """What ran (sentences, versions) and one worker's latency and idle CPU, in one line."""
+    measured = "; ".join(f"{lat[0.5] * 1000:.1f} / {lat[0.95] * 1000:.1f} / {lat[0.99] * 1000:.1f} ms at "
+                         f"{lat['rate']:.0f} msgs/s ({lat['share']:.0%} of its peak, {lat['n']:,} messages)"
+                         for lat in latencies)
+    return (f"{n:,} sentences of the fixed test split, batches of 32, a 4-partition input topic on a local Apache "
+            f"Kafka; {versions(tuple(runtimes))}. One {runtimes[0]} worker (1 × 1), record timestamp → result "
+            f"acknowledged, p50 / p95 / p99 from histogram buckets: {measured}; ready and idle, "
+            f"{idle * 100:.2f} % of one core.")
 
 
 def _base_checkpoint(out_dir: Path) -> Path | None:

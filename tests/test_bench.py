@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sentistream.bench.roofline import CpuFacts, LinearLayers, cpu_facts, gops, linear_layers, padded_tokens
-from sentistream.bench.run import Row, roofline_lines, throughput_table, timed_batches
+from sentistream.bench.run import Row, roofline_line, throughput_table, timed_batches
 from sentistream.bench.run_header import Header, bench_command, parse_header, shown_path
 
 CPUINFO = """processor\t: 0
@@ -130,29 +130,27 @@ def _rows() -> list[Row]:
             Row("naive peer", 100.0)]
 
 
-def test_roofline_gives_gops_per_core_and_the_ratio_of_runtimes() -> None:
-    lines = roofline_lines(_rows(), LinearLayers(10_000_000, 37, 12), cpu_facts(CPUINFO))
-    assert "10.00 M multiply-accumulates per token" in lines[0] and "12 activation × activation" in lines[0]
-    assert "int8 features: AVX512-VNNI, AVX-VNNI, AMX: no" in lines[0]
-    table = [line for line in lines if line.startswith("| onnxruntime") or line.startswith("| openvino")]
-    # 400 sentences/s × 25 padded tokens × 10 M MACs × 2 = 200 GOPS; the worker on the bare run's tokens
-    assert table == ["| onnxruntime | bare, 1 thread | 400 | 25.0 | 200 |",
-                     "| onnxruntime | worker, 1 process × 1 thread | 360 | 25.0 (bare's) | 180 |",
-                     "| openvino | bare, 1 thread | 500 | 25.0 | 250 |",
-                     "| openvino | worker, 1 process × 1 thread | 450 | 25.0 (bare's) | 225 |"]
-    assert lines[-1] == "openvino / onnxruntime per core: bare, 1 thread 1.25×, worker, 1 process × 1 thread 1.25×"
-
-
-def test_one_runtime_gives_no_ratio_line() -> None:
-    rows = [r for r in _rows() if r.runtime == "onnxruntime"]
-    assert not any("per core:" in line for line in roofline_lines(rows, LinearLayers(1, 1, 0), cpu_facts(CPUINFO)))
-
-
-def test_throughput_table_is_against_the_first_row_and_the_naive_peer() -> None:
+def test_throughput_table_gives_gops_per_core_on_the_int8_rows() -> None:
     rows = _rows()
-    lines = throughput_table(rows, rows[-1])
-    assert lines[0] == "| configuration | messages/s | × bare onnxruntime 1 thread | × naive peer |"
-    assert lines[3] == "| sentistream worker (onnxruntime), int8, 1 process × 1 thread | 360 | 0.90 | 3.6 |"
+    lines = throughput_table(rows, rows[-1], LinearLayers(10_000_000, 37, 12))
+    assert lines[0] == ("| configuration | messages/s | per core | × bare onnxruntime 1 thread | × naive peer | "
+                        "int8 GOPS per core, linear layers |")
+    # 400 sentences/s × 25 padded tokens × 10 M MACs × 2 = 200 GOPS; a worker on its runtime's bare tokens
+    assert lines[2] == "| bare onnxruntime, int8, 1 thread (limit) | 400 | 400 | 1.00 | 4.0 | 200 |"
+    assert lines[3] == "| sentistream worker (onnxruntime), int8, 1 process × 1 thread | 360 | 360 | 0.90 | 3.6 | 180 |"
+    assert lines[4] == "| bare openvino, int8, 1 thread | 500 | 500 | 1.25 | 5.0 | 250 |"
+    assert lines[6] == "| bare onnxruntime, int8, 2 threads | 700 | 350 | 1.75 | 7.0 | 175 |"
+    assert lines[7] == "| naive peer | 100 | 100 | 0.25 | 1.0 | – |"
+
+
+def test_roofline_line_says_how_and_gives_the_ratio_of_runtimes_per_core() -> None:
+    line = roofline_line(_rows(), LinearLayers(10_000_000, 37, 12), cpu_facts(CPUINFO))
+    assert line.startswith("GOPS = 2 × 10.00 M multiply-accumulates per token in the linear layers (37 MatMul/Gemm")
+    assert "12 activation × activation MatMuls" in line and "× 25.0 padded tokens per sentence" in line
+    assert "int8 features: AVX512-VNNI, AVX-VNNI, AMX: no." in line
+    assert line.endswith(" openvino / onnxruntime per core: bare 1 thread 1.25×, worker 1 × 1 1.25×.")
+    one_runtime = [r for r in _rows() if r.runtime == "onnxruntime"]
+    assert "per core:" not in roofline_line(one_runtime, LinearLayers(1, 1, 0), cpu_facts(CPUINFO))
 
 
 class _Manifest:
@@ -171,3 +169,15 @@ def test_the_bench_measures_the_runtimes_the_bundle_passed_that_are_installed(mo
     assert run.measured_runtimes(_Manifest("onnxruntime")) == ["onnxruntime"]
     monkeypatch.setattr(run, "installed", lambda runtime: runtime == "onnxruntime")
     assert run.measured_runtimes(_Manifest("onnxruntime", "openvino")) == ["onnxruntime"]
+
+
+def test_setup_and_latency_line_is_one_line_without_paths() -> None:
+    from sentistream.bench.run import setup_and_latency_line
+
+    latencies = [{0.5: 0.0099, 0.95: 0.1717, 0.99: 0.2344, "rate": 62.7, "share": 0.25, "n": 313},
+                 {0.5: 0.06, 0.95: 0.3549, 0.99: 0.471, "rate": 125.4, "share": 0.5, "n": 1627}]
+    line = setup_and_latency_line(4000, ["onnxruntime", "openvino"], latencies, 0.004)
+    assert line.startswith("4,000 sentences of the fixed test split") and "\n" not in line and "/work" not in line
+    assert "onnxruntime 1" in line and "openvino 2" in line
+    assert ("9.9 / 171.7 / 234.4 ms at 63 msgs/s (25% of its peak, 313 messages); 60.0 / 354.9 / 471.0 ms at "
+            "125 msgs/s (50% of its peak, 1,627 messages); ready and idle, 0.40 % of one core.") in line
