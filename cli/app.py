@@ -343,6 +343,20 @@ def top_cmd(
     run(targets, interval, once, Console())
 
 
+@app.command("console")
+@with_settings_flags()
+def console_cmd(
+    host: Annotated[str, typer.Option(help="address to serve on; not a local one needs SENTISTREAM_CONSOLE_TOKEN")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to serve on")] = 9500,
+    **flags: Any,
+) -> None:
+    """A web page over the fleet, the models and the dead letters (README "Console")."""
+    from sentistream.cli.console import run_console
+
+    run_console(client_settings(**flags), host, port, typer.echo)
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of input and output records."""

@@ -275,14 +275,18 @@ def resume_cmd(**flags: Any) -> None:
     import getpass
     import socket
 
+    _echo(write_resume(client_settings(**flags), f"{getpass.getuser()}@{socket.gethostname()}"))
+
+
+def write_resume(settings: Settings, issued_by: str) -> str:
+    """Write one dlq-resume record; the line that says so."""
     from sentistream.worker import kafka_clients
     from sentistream.worker.control import Resume
 
-    settings = client_settings(**flags)
-    key, value = Resume(issued_by=f"{getpass.getuser()}@{socket.gethostname()}").encode()
+    key, value = Resume(issued_by=issued_by).encode()
     producer = kafka_clients.producer(settings, kafka_clients.resolve_bootstrap(settings))
     try:
         producer.send(settings.control_topic, key=key, value=value).get(30)
     finally:
         producer.close()
-    _echo(f"dlq resume written to {settings.control_topic}: every worker's dead-letter breaker closes")
+    return f"dlq resume written to {settings.control_topic}: every worker's dead-letter breaker closes"

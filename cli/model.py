@@ -140,11 +140,23 @@ def promote_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle to
     settings = client_settings(**flags)
     state = None  # read once needed: a bad --sha256 is refused before any Kafka call
     if directory is None:
-        state = _state(settings)
-        if state.shadow is None:
-            raise UserError("refused: no shadow to promote (name a bundle); nothing written")
-        directory = state.shadow.command.path
+        directory, state = shadow_target(settings)
     typer.echo(write(settings, "promote", directory, sha256, allow_label_change, state))
+
+
+def shadow_target(settings) -> tuple[Path, State]:
+    """What ``promote`` serves by default: the shadow's bundle (and the state read to find it)."""
+    state = _state(settings)
+    if state.shadow is None:
+        raise UserError("refused: no shadow to promote (name a bundle); nothing written")
+    return state.shadow.command.path, state
+
+
+def rollback_target(settings) -> Path:
+    """What ``rollback`` serves by default: --bundle, else the shipped one."""
+    from sentistream.worker.bundle import default_bundle_path
+
+    return Path(settings.bundle or default_bundle_path())
 
 
 @model_app.command("rollback")
@@ -153,10 +165,8 @@ def rollback_cmd(directory: Annotated[Path | None, typer.Argument(help="bundle t
                                                                        "else the shipped one")] = None,
                  sha256: Sha256Opt = None, allow_label_change: AllowOpt = False, **flags: Any) -> None:
     """Serve an earlier bundle on every worker and stop the shadow."""
-    from sentistream.worker.bundle import default_bundle_path
-
     settings = client_settings(**flags)
-    target = directory or Path(settings.bundle or default_bundle_path())
+    target = directory or rollback_target(settings)
     typer.echo(write(settings, "rollback", target, sha256, allow_label_change))
 
 

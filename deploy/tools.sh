@@ -5,6 +5,7 @@
 #   tmux                   Debian package (drives `sentistream top` in its test)
 #   kcat                   Debian package (writes records kafka-python cannot: NULL header values,
 #                          header keys that are not UTF-8)
+#   chromium               Debian package (Playwright drives it in tests/test_console_browser.py)
 #   kubeconform            Go module proxy (built with the machine's Go, cached by Go)
 #   CRD and Compose schemas  Go module proxy: KEDA's and the Prometheus Operator's CRDs, the
 #                          Compose spec's JSON schema (cached in Go's module cache)
@@ -17,6 +18,7 @@ missing=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v kcat >/dev/null || missing+=(kcat)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   export DEBIAN_FRONTEND=noninteractive

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from sentistream.worker.status import WorkerStatus  # the status topic's records (sentistream console)
+
 # 1.1: results gained "tokens" and "truncated"; 1.2: input "split", results "kind", review results;
 # 1.3: dead-letter reasons internal_error and crashed_worker; 1.4: dead letters name the source
 # record's timestamp, the group, the worker, the model, the exception type, and the replay count;
@@ -362,7 +364,7 @@ def encoded_size(key: bytes | None, value: bytes | None, headers: list[tuple[str
 
 def json_schemas() -> dict[str, dict]:
     return {"input": InputMessage.model_json_schema(), "result": Result.model_json_schema(),
-            "review": ReviewResult.model_json_schema()}
+            "review": ReviewResult.model_json_schema(), "status": WorkerStatus.model_json_schema()}
 
 
 def dump_schemas() -> str:

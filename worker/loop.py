@@ -32,6 +32,7 @@ from sentistream.worker.outgoing import Handled
 from sentistream.worker.pipeline import Decoded, Pipeline
 from sentistream.worker.quarantine import Quarantine
 from sentistream.worker.settings import Settings
+from sentistream.worker.status_publisher import open_publisher
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class Worker:
                 self._ensure_outputs(admin)
                 self.pipeline.fit_topics(kafka_clients.topic_max_bytes(admin, [s.output_topic, s.dlq_topic]))
                 self.control = self._open_control(admin, bootstrap, stack)
+                self.status = open_publisher(s, admin, producer, exactly_once, lambda: kafka_clients.producer(s, bootstrap),
+                                             stack, self)
             finally:
                 admin.close()
             self._probe = lambda: kafka_clients.consumer(s, bootstrap, group_id=None, client_id=f"{s.client_id}-probe")
@@ -178,6 +181,7 @@ class Worker:
         self._rewound(self.delivery.advance())
         self._check_broker()
         self._report_lag()
+        self.status.tick()
 
     def _ensure_outputs(self, admin) -> None:
         """The output and dead-letter topics are created if missing (the worker's producer never

@@ -141,6 +141,14 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
 
+    # Status records and the web console (README "Console")
+    status_interval_s: float = Field(default=5.0, ge=0, description="every worker publishes a small status "
+                                     "record this often to status_topic (sentistream console reads it); 0 turns it off")
+    status_topic: str = Field(default="sentences.status", description="compacted topic of worker status records, "
+                              "key <host>/<pid>; the worker creates it if missing")
+    console_token: SecretStr | None = Field(default=None, description="sentistream console: the token its actions "
+                                            "need, and any bind that is not local (env only, never logged)")
+
     @field_validator("swap_when")
     @classmethod
     def _check_swap_when(cls, value: str | None) -> str | None:
@@ -188,4 +196,4 @@ class Settings(BaseSettings):
 
     def public_view(self) -> dict[str, Any]:
         """What may be logged: everything but secrets."""
-        return self.model_dump(mode="json", exclude={"sasl_password", "ssl_password"})
+        return self.model_dump(mode="json", exclude={"sasl_password", "ssl_password", "console_token"})
