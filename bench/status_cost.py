@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.settings import Settings
-from sentistream.worker.status_publisher import StatusPublisher
+from sentistream.worker.status_publisher import StatusPublisher, status_topic_spec
 
 
 def fake_worker(metrics: WorkerMetrics) -> types.SimpleNamespace:
@@ -41,6 +41,9 @@ def main() -> None:
     if args.bootstrap:
         from sentistream.worker import kafka_clients
 
+        admin = kafka_clients.admin(settings, args.bootstrap)
+        kafka_clients.ensure_topics(admin, status_topic_spec(settings))
+        admin.close()
         producer = kafka_clients.producer(settings, args.bootstrap)
         send = lambda topic, key, value: producer.send(topic, key=key, value=value)  # noqa: E731
     clock = [0.0]
