@@ -88,7 +88,7 @@ def test_a_blocked_partition_handed_straight_back_by_a_rebalance_resumes_once_pu
         kafka.allow_writes(s.dlq_topic)
         out = kafka.collect([s.output_topic], 0, timeout=60, until=lambda got: {"g1", "g4", "g100"} <= ids(got))
         assert {"g0", "g1", "g2", "g3", "g4", "g100"} <= ids(out)
-        assert kafka.wait_committed_to_end(s.group_id, s.input_topic) == {0: 0, 1: 0}
+        assert kafka.wait_committed_to_end(s.group_id, s.input_topic) == {0: 0, 1: 0}, w.log()[-6000:]
         wait_for(lambda: w.get("/readyz")[0] == 200, 30, "/readyz ready again")
         assert w.metric("sentistream_paused_partitions") == 0
     finally:
