@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -309,14 +310,21 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a page closed mid-answer is not news
+            super().handle_error(request, client_address)
+
+
 def serve(settings: Settings, host: str, port: int) -> tuple[ThreadingHTTPServer, Collector]:
     """Start the collector thread and the server (not yet serving: call serve_forever)."""
     token = settings.console_token.get_secret_value() if settings.console_token else None
     check_bind(host, token)
     collector = Collector(settings, kafka_clients.resolve_bootstrap(settings))
     threading.Thread(target=collector.run, name="console-collector", daemon=True).start()
-    server = ThreadingHTTPServer((host, port), make_handler(Console(settings, collector, token)))
-    server.daemon_threads = True
+    server = _Server((host, port), make_handler(Console(settings, collector, token)))
     return server, collector
 
 

@@ -2,8 +2,8 @@
 downloaded at test time): two real workers fed by a producer, the console in this process.
 The overview's charts move while records flow; dead letters show with their reasons and a replay
 started from the page (after its dry run) moves them; a shadow started from the CLI shows its
-agreement; a worker stopped with SIGTERM turns "gone"; on a non-local bind an action without the
-token is refused. Screenshots go to out/console/."""
+agreement and the page's Promote makes both workers serve it; a worker stopped with SIGTERM turns
+"gone"; on a non-local bind an action without the token is refused. Screenshots: out/console/."""
 
 from __future__ import annotations
 
@@ -106,7 +106,6 @@ def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url,
 
         page.goto(url + "#workers")
         wait_for(lambda: page.locator("#workers tbody td.ready.ok").count() == 2, 30, "two ready workers")
-        shot(page, "workers")
 
         page.goto(url + "#partitions")
         owners = page.locator("#partitions tbody td.owner")
@@ -133,7 +132,8 @@ def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url,
         assert report["replayed"] >= 3, report
 
         # a shadow started from the CLI shows its agreement
-        candidate = candidate_bundle(tmp_path / "candidate", version=f"{Manifest.read(default_bundle_path()).version}-c")
+        version = f"{Manifest.read(default_bundle_path()).version}-c"
+        candidate = candidate_bundle(tmp_path / "candidate", version=version)
         done = subprocess.run([sys.executable, "-m", "sentistream.cli", "model", "shadow", str(candidate),
                                "--bootstrap", s.bootstrap_servers, "--control-topic", s.control_topic],
                               cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
@@ -142,14 +142,20 @@ def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url,
         page.goto(url + "#models")
         wait_for(lambda: page.locator("#models td.agreement").filter(has_text="%").count() == 2, 90,
                  "both workers show the shadow's agreement")
-        assert "audit:dlq-replay" in page.inner_text("#control tbody")
+        wait_for(lambda: "audit:dlq-replay" in page.inner_text("#control tbody"), 20, "the replay's audit records")
         shot(page, "models")
+        page.click("#promote")  # no bundle named: the shadow's
+        wait_for(lambda: "written to" in page.inner_text("#model-result"), 60, "the promote command written")
+        wait_for(lambda: page.locator("#models tbody tr").filter(has_text=f"{version} (").count() == 2, 60,
+                 "both workers serve the promoted bundle")
+        wait_for(lambda: "audit:console:promote" in page.inner_text("#control tbody"), 20, "the promote audited")
 
         # a worker stopped with SIGTERM turns "gone" (3 status intervals)
         assert workers[0].stop(signal.SIGTERM) == 0
         page.goto(url + "#workers")
         wait_for(lambda: page.locator("#workers tbody tr.gone").count() == 1, 30, "the stopped worker is gone")
         assert page.locator("#workers tbody tr.gone td.ready").inner_text() == "gone"
+        shot(page, "workers")  # one ready, one gone
     finally:
         feeder.stop.set()
         for w in workers:

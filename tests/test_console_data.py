@@ -155,3 +155,15 @@ def test_control_history_newest_first_with_its_time() -> None:
                               record(where="c[0]@1", key=b"audit:console:promote:x", value=b'{"at": 7.5}'),
                               record(where="c[0]@2", key=b"junk", value=b"\xff")])
     assert [(r["where"], r["at"]) for r in rows] == [("c[0]@2", None), ("c[0]@1", 7.5), ("c[0]@0", 5.0)]
+
+
+def test_the_command_refuses_a_non_local_bind_without_a_token_in_one_line(monkeypatch, capsys) -> None:
+    from sentistream.cli.app import main
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.delenv("SENTISTREAM_CONSOLE_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["console", "--host", "0.0.0.0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sentistream: refused: --host 0.0.0.0 is not a local address; set SENTISTREAM_CONSOLE_TOKEN to serve it"]

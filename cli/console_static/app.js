@@ -95,7 +95,7 @@ async function models() {
     <td class="num agreement">${r.shadow ? fmt(100 * r.shadow.agreement, 2) + " %" : "–"}</td>
     <td class="num">${r.shadow ? r.shadow.compared : "–"}</td></tr>`));
   rows("#control", m.control.map((c) => `<tr><td>${esc(c.where)}</td><td>${c.at ? when(c.at) : "–"}</td>
-    <td>${esc(c.key)}</td><td>${esc(JSON.stringify(c.value)).slice(0, 300)}</td></tr>`));
+    <td>${esc(c.key)}</td><td>${esc(JSON.stringify(c.value).slice(0, 300))}</td></tr>`));
 }
 
 async function deadLetters() {
@@ -123,7 +123,7 @@ async function browse() {
   if (b.ok === false) return say("#dlq-result", b.error, true);
   rows("#dlq-browse", b.dead_letters.map((d) => `<tr><td>${esc(d.dlq.timestamp)}</td><td>${esc(d.reason)}</td>
     <td>${esc(d.source ? `${d.source.topic}[${d.source.partition}]@${d.source.offset}` : "")}</td>
-    <td>${esc(d.detail)}</td><td class="value">${esc(typeof d.value === "string" ? d.value : JSON.stringify(d.value)).slice(0, 200)}</td></tr>`));
+    <td>${esc(d.detail)}</td><td class="value">${esc((typeof d.value === "string" ? d.value : JSON.stringify(d.value)).slice(0, 200))}</td></tr>`));
 }
 
 const pages = { overview, workers, partitions, models, dlq: deadLetters };
