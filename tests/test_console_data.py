@@ -142,6 +142,9 @@ def test_the_publisher_sends_when_due_with_rates_since_the_last_record_and_never
     clock[0] += 5
     pub.tick()
     clock[0] += 5
+    pub.tick()  # after a failure (a send may have blocked): not again for a minute
+    assert pub.failures == 1
+    clock[0] += 60
     pub.tick()
     assert pub.failures == 2
     off = StatusPublisher(Settings(status_interval_s=0), refuse, fake_worker(metrics))

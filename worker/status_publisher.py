@@ -21,6 +21,8 @@ from sentistream.worker.status import ModelStatus, Rates, ShadowStatus, WorkerSt
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_FAILURE_S = 60.0  # a failed send may have blocked for publish_block_ms
+
 
 def counter_total(metric: Any) -> dict[str, float]:
     """A prometheus counter's ``_total`` samples, by their first label value ('' without labels)."""
@@ -82,8 +84,9 @@ class StatusPublisher:
             sent = self.send(self.settings.status_topic, self.key.encode(), record.model_dump_json().encode())
             if hasattr(sent, "add_errback"):  # a kafka-python future: not waited for
                 sent.add_errback(self._failed)
-        except Exception as exc:  # never the loop's problem
+        except Exception as exc:  # never the loop's problem; a send that blocked is not tried again soon
             self._failed(exc)
+            self._next_at = now + max(interval, RETRY_AFTER_FAILURE_S)
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -140,8 +143,10 @@ def open_publisher(settings: Settings, admin: Any, producer: Any, transactional:
     if settings.status_interval_s:
         try:
             kafka_clients.ensure_topics(admin, status_topic_spec(settings))
-        except Exception as exc:
-            log.warning("cannot check or create the status topic %s (%s)", settings.status_topic, one_line(exc))
+        except Exception as exc:  # a send would wait for the topic's metadata each time: none are made
+            log.warning("cannot check or create the status topic %s (%s): no status records", settings.status_topic,
+                        one_line(exc))
+            settings = settings.model_copy(update={"status_interval_s": 0})
         if transactional:
             producer = make_producer()
             stack.callback(producer.close, 5)
