@@ -497,7 +497,7 @@ def roofline_line(rows: list[Row], layers: LinearLayers, cpu: CpuFacts) -> str:
 def setup_and_latency_line(n: int, runtimes: list[str], latencies: list[dict], idle: float) -> str:
     """What ran (sentences, versions) and one worker's latency and idle CPU, in one line."""
     measured = "; ".join(f"{lat[0.5] * 1000:.1f} / {lat[0.95] * 1000:.1f} / {lat[0.99] * 1000:.1f} ms at "
-                         f"{lat['rate']:.0f} msgs/s ({lat['share']:.0%} of its peak, {lat['n']:,} messages)"
+                         f"{lat['rate']:.0f} msgs/s ({lat['share'] * 100:.0f} % of its peak, {lat['n']:,} messages)"
                          for lat in latencies)
     return (f"{n:,} sentences of the fixed test split, batches of 32, a 4-partition input topic on a local Apache "
             f"Kafka; {versions(tuple(runtimes))}. One {runtimes[0]} worker (1 × 1), record timestamp → result "

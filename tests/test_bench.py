@@ -179,5 +179,6 @@ def test_setup_and_latency_line_is_one_line_without_paths() -> None:
     line = setup_and_latency_line(4000, ["onnxruntime", "openvino"], latencies, 0.004)
     assert line.startswith("4,000 sentences of the fixed test split") and "\n" not in line and "/work" not in line
     assert "onnxruntime 1" in line and "openvino 2" in line
-    assert ("9.9 / 171.7 / 234.4 ms at 63 msgs/s (25% of its peak, 313 messages); 60.0 / 354.9 / 471.0 ms at "
-            "125 msgs/s (50% of its peak, 1,627 messages); ready and idle, 0.40 % of one core.") in line
+    assert ("9.9 / 171.7 / 234.4 ms at 63 msgs/s (25 % of its peak, 313 messages); 60.0 / 354.9 / 471.0 ms at "
+            "125 msgs/s (50 % of its peak, 1,627 messages); ready and idle, 0.40 % of one core.") in line
+
