@@ -2,8 +2,9 @@
 downloaded at test time): two real workers fed by a producer, the console in this process.
 The overview's charts move while records flow; dead letters show with their reasons and a replay
 started from the page (after its dry run) moves them; a shadow started from the CLI shows its
-agreement and the page's Promote makes both workers serve it; a worker stopped with SIGTERM turns
-"gone"; on a non-local bind an action without the token is refused. Screenshots: out/console/."""
+agreement and the page's Promote makes both workers serve it; a worker stopped with SIGTERM leaves
+the list, one killed turns "gone"; on a non-local bind an action without the token is refused.
+Screenshots: out/console/."""
 
 from __future__ import annotations
 
@@ -150,12 +151,16 @@ def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url,
                  "both workers serve the promoted bundle")
         wait_for(lambda: "audit:console:promote" in page.inner_text("#control tbody"), 20, "the promote audited")
 
-        # a worker stopped with SIGTERM turns "gone" (3 status intervals)
-        assert workers[0].stop(signal.SIGTERM) == 0
+        # a worker stopped with SIGTERM leaves (its tombstone); one killed turns "gone" (3 status intervals)
         page.goto(url + "#workers")
-        wait_for(lambda: page.locator("#workers tbody tr.gone").count() == 1, 30, "the stopped worker is gone")
+        wait_for(lambda: page.locator("#workers tbody tr").count() == 2, 20, "two workers listed")
+        assert workers[0].stop(signal.SIGTERM) == 0
+        wait_for(lambda: page.locator("#workers tbody tr").count() == 1, 20, "the stopped worker's row dropped")
+        assert page.locator("#workers tbody tr.gone").count() == 0
+        workers[1].kill()  # SIGKILL: no tombstone
+        wait_for(lambda: page.locator("#workers tbody tr.gone").count() == 1, 30, "the killed worker is gone")
         assert page.locator("#workers tbody tr.gone td.ready").inner_text() == "gone"
-        shot(page, "workers")  # one ready, one gone
+        shot(page, "workers")  # the killed worker, gone
     finally:
         feeder.stop.set()
         for w in workers:

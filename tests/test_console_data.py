@@ -17,7 +17,7 @@ from sentistream.worker.errors import UserError
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.settings import Settings
 from sentistream.worker.status import Rates, WorkerStatus
-from sentistream.worker.status_publisher import StatusPublisher, quantile
+from sentistream.worker.status_publisher import TOMBSTONE_WAIT_S, StatusPublisher, quantile
 
 
 def status(worker: str = "h/1", at: float = 100.0, interval: float = 5.0, partitions=(0,), rate: float = 10.0,
@@ -150,6 +150,36 @@ def test_the_publisher_sends_when_due_with_rates_since_the_last_record_and_never
     off = StatusPublisher(Settings(status_interval_s=0), refuse, fake_worker(metrics))
     off.tick()
     assert off.failures == 0
+
+
+def test_a_clean_stop_sends_a_tombstone_bounded_and_never_raising() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    sent: list[tuple[str, bytes, bytes | None]] = []
+    waits: list[float] = []
+    pub = StatusPublisher(Settings(status_interval_s=5), lambda *a: sent.append(a), fake_worker(metrics),
+                          flush=waits.append)
+    pub.tick()
+    pub.close()
+    assert sent[-1] == ("sentences.status", pub.key.encode(), None) and waits == [TOMBSTONE_WAIT_S]
+    statuses: dict[str, WorkerStatus] = {}
+    for _, key, value in sent:
+        data.fold(statuses, key, value)
+    assert statuses == {}  # the console drops the row
+
+    def timed_out(_: float) -> None:
+        raise TimeoutError("flush")
+
+    late = StatusPublisher(Settings(status_interval_s=5), lambda *a: None, fake_worker(metrics), flush=timed_out)
+    late.tick()
+    late.close()  # logged and counted, not raised
+    assert late.failures == 1
+    for settings, send in ((Settings(status_interval_s=0), lambda *a: sent.append(a)),  # status records off
+                           (Settings(status_interval_s=5), lambda *a: 1 / 0)):  # the last send failed
+        quiet = StatusPublisher(settings, send, fake_worker(metrics))
+        quiet.tick()
+        before = len(sent)
+        quiet.close()
+        assert len(sent) == before
 
 
 def test_control_history_newest_first_with_its_time() -> None:

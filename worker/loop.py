@@ -148,6 +148,7 @@ class Worker:
                     self.process(self.collector.take(self.chunk))
                 self.delivery.close()
                 self._hand_over(self.assignment, blocking=True)
+                self.status.close()  # a tombstone: the console drops this worker's row
             except DeliveryFailed as exc:
                 log.error("stopping: %s", exc)
                 return EXIT_FAILED

@@ -2,6 +2,8 @@
 
 Publishing never blocks or stops the loop: the record goes through a producer the loop already
 has, without waiting for the broker; a failure is logged once and counted in the next record.
+A clean stop ends with a tombstone for the worker's key (the console drops its row); a worker
+that crashed sends none and turns "gone" after three intervals.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sentistream.worker.status import ModelStatus, Rates, ShadowStatus, WorkerSt
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_S = 60.0  # a failed send may have blocked for publish_block_ms
+TOMBSTONE_WAIT_S = 1.0  # the most a clean stop waits for its tombstone to reach the broker
 
 
 def counter_total(metric: Any) -> dict[str, float]:
@@ -59,16 +62,18 @@ def _delta(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
 class StatusPublisher:
     """Built once when the loop starts; ``tick()`` once per turn sends a record when one is due."""
 
-    def __init__(self, settings: Settings, send: Callable[[str, bytes, bytes], Any], worker: Any,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, send: Callable[[str, bytes, bytes | None], Any], worker: Any,
+                 clock: Callable[[], float] = time.time, flush: Callable[[float], Any] | None = None) -> None:
         self.settings = settings
         self.send = send
+        self.flush = flush
         self.worker = worker
         self.clock = clock
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.key = f"{self.host}/{self.pid}"
         self.started_at = clock()
         self.failures = 0
+        self._last_ok = False  # the last send went out (its topic's metadata known) and did not fail
         self._next_at = self.started_at  # the first record goes out at the first turn
         self._last: tuple[float, dict[str, dict[str, float]], list[tuple[float, float]]] = (
             self.started_at, {}, [])
@@ -82,13 +87,28 @@ class StatusPublisher:
         try:
             record = self.build(now)
             sent = self.send(self.settings.status_topic, self.key.encode(), record.model_dump_json().encode())
+            self._last_ok = True
             if hasattr(sent, "add_errback"):  # a kafka-python future: not waited for
                 sent.add_errback(self._failed)
         except Exception as exc:  # never the loop's problem; a send that blocked is not tried again soon
             self._failed(exc)
             self._next_at = now + max(interval, RETRY_AFTER_FAILURE_S)
 
+    def close(self) -> None:
+        """A clean stop: a tombstone (the key, no value) so the console forgets this worker at once.
+        Never raises and waits at most TOMBSTONE_WAIT_S; skipped when status records are off or
+        the last send failed (the broker away: the row turns "gone" as after a crash)."""
+        if not self.settings.status_interval_s or not self._last_ok:
+            return
+        try:
+            self.send(self.settings.status_topic, self.key.encode(), None)
+            if self.flush is not None:
+                self.flush(TOMBSTONE_WAIT_S)
+        except Exception as exc:
+            self._failed(exc)
+
     def _failed(self, exc: BaseException) -> None:
+        self._last_ok = False
         self.failures += 1
         if self.failures == 1:
             log.warning("status record not sent to %s (%s); further failures are only counted",
@@ -139,7 +159,7 @@ def open_publisher(settings: Settings, admin: Any, producer: Any, transactional:
                    make_producer: Callable[[], Any], stack: contextlib.ExitStack, worker: Any) -> StatusPublisher:
     """The loop's publisher: the topic created if missing (else logged: sends then fail, counted);
     the loop's producer, or, when that one is transactional (it sends only inside transactions),
-    a small producer of its own."""
+    a small producer of its own. The loop calls its ``close()`` on a clean stop only."""
     if settings.status_interval_s:
         try:
             kafka_clients.ensure_topics(admin, status_topic_spec(settings))
@@ -150,4 +170,5 @@ def open_publisher(settings: Settings, admin: Any, producer: Any, transactional:
         if transactional:
             producer = make_producer()
             stack.callback(producer.close, 5)
-    return StatusPublisher(settings, lambda topic, key, value: producer.send(topic, key=key, value=value), worker)
+    return StatusPublisher(settings, lambda topic, key, value: producer.send(topic, key=key, value=value), worker,
+                           flush=lambda timeout_s: producer.flush(timeout=timeout_s))
