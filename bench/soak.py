@@ -431,15 +431,15 @@ def plot(samples: list[dict[str, Any]], lat_windows: list[tuple[float, int, floa
 
 # -- the run ------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def soak_broker(settings: Settings) -> Iterator[Settings]:
+def soak_broker(settings: Settings, folder: str = "soak-broker") -> Iterator[Settings]:
     """``settings`` as they are when they name a cluster; else (as ``bench`` does) a broker of the
-    soak's own under ``home/soak-broker`` on a free port, stopped and wiped at the end."""
+    run's own under ``home/<folder>`` on a free port, stopped and wiped at the end."""
     from sentistream.broker.local import LocalCluster
 
     if settings.bootstrap_servers:
         yield settings
         return
-    cluster = LocalCluster(settings.home, data_dir=settings.home / "soak-broker")
+    cluster = LocalCluster(settings.home, data_dir=settings.home / folder)
     cluster.down()  # one left by an interrupted run goes first
     state = cluster.up(nodes=1, port=0)
     try:
