@@ -182,3 +182,28 @@ def test_setup_and_latency_line_is_one_line_without_paths() -> None:
     assert ("9.9 / 171.7 / 234.4 ms at 63 msgs/s (25 % of its peak, 313 messages); 60.0 / 354.9 / 471.0 ms at "
             "125 msgs/s (50 % of its peak, 1,627 messages); ready and idle, 0.40 % of one core.") in line
 
+
+def _readme_section(heading: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_performance_is_one_bench_run_of_the_shipped_bundle() -> None:
+    """README's figures come from one `sentistream bench` run, named by its header line: figures
+    from another bundle (its name or version not the shipped manifest's) fail here."""
+    import datetime
+    import re
+
+    from sentistream.worker.bundle import Manifest, default_bundle_path
+
+    section = _readme_section("## Performance")
+    header = parse_header(section)
+    assert header is not None, "README's Performance section has no `sentistream bench` header line"
+    manifest = Manifest.read(default_bundle_path())
+    assert (header.bundle, header.version) == (manifest.name, manifest.version)
+    assert header.command.split()[:2] == ["sentistream", "bench"]
+    datetime.date.fromisoformat(header.day)
+    assert re.fullmatch(r"\d+ × .+, int8: .*(VNNI).*, AMX: .+", header.cpu)
+    assert not re.search(r"(?<![\w.])/(home|root|tmp|work|Users|usr|var|opt|mnt)/", section)
