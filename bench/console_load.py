@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
+import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from sentistream.bench.soak import soak_broker
 from sentistream.bench.status_cost import fake_worker
+from sentistream.bench.worker_process import settings_command
+from sentistream.broker.local import free_port
 from sentistream.worker import kafka_clients
 from sentistream.worker.metrics import WorkerMetrics
 from sentistream.worker.settings import Settings
@@ -79,13 +84,24 @@ def load_times(url: str, n: int) -> list[tuple[float, float]]:
     return times
 
 
+def _wait_for_workers(url: str, console: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the console (``sentistream console``, a process of its own) lists every worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if console.poll() is not None:
+            raise SystemExit(f"sentistream console exited {console.returncode}: {console.stderr.read()[-2000:]}")
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url + "api/workers", timeout=2) as answer:
+            if len(json.load(answer)["workers"]) >= WORKERS:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"the console did not list {WORKERS} workers within {timeout:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bootstrap")
     parser.add_argument("-n", type=int, default=5, help="page loads")
     args = parser.parse_args()
-    from sentistream.cli.console import serve
-
     run = uuid.uuid4().hex[:8]
     base = Settings(bootstrap_servers=args.bootstrap, status_interval_s=5.0, status_topic=f"console-load-{run}.status",
                     control_topic=f"console-load-{run}.control", input_topic=f"console-load-{run}.in",
@@ -96,16 +112,16 @@ def main() -> None:
         reporter = Reporter(settings)
         reporter.publish()
         reporter.start()
-        server, collector = serve(settings, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = free_port()
+        console = subprocess.Popen(settings_command("console", settings, "--port", str(port)),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}/"
         try:
-            deadline = time.monotonic() + 60
-            while len(collector.statuses) < WORKERS and time.monotonic() < deadline:
-                time.sleep(0.2)
-            times = load_times(f"http://127.0.0.1:{server.server_address[1]}/", args.n)
+            _wait_for_workers(url, console)
+            times = load_times(url, args.n)
         finally:
-            server.shutdown()
-            collector.stop.set()
+            console.terminate()
+            console.wait(10)
             reporter.stop.set()
             with contextlib.suppress(Exception):
                 admin.delete_topics([settings.status_topic, settings.control_topic])

@@ -28,8 +28,14 @@ def worker_command(settings: Settings, *extra: str, **overrides: Any) -> list[st
     """The command that runs ``sentistream worker`` with ``settings`` (updated by ``overrides``):
     every setting that differs from its default as its flag, then ``extra``. Secrets stay in the
     environment."""
+    return settings_command("worker", settings, *extra, **overrides)
+
+
+def settings_command(subcommand: str, settings: Settings, *extra: str, **overrides: Any) -> list[str]:
+    """``sentistream <subcommand>`` (one that takes every setting as a flag: worker, console)
+    with ``settings`` as in :func:`worker_command`."""
     s = settings.model_copy(update=overrides)
-    argv = [sys.executable, "-m", "sentistream.cli", "worker"]
+    argv = [sys.executable, "-m", "sentistream.cli", subcommand]
     for name, field in flag_settings().items():
         value, default = getattr(s, name), field.get_default(call_default_factory=True)
         if value is None or value == default:
