@@ -256,23 +256,15 @@ def worker_cmd(
     bundle = Bundle(settings.bundle or default_bundle_path(), threads=settings.threads, max_tokens=settings.max_tokens,
                     runtime=settings.runtime)
     if create_topics:
-        _ensure_topics(settings)
+        from sentistream.worker import kafka_clients
+
+        kafka_clients.ensure_topics_exist(settings, kafka_clients.topic_specs(settings))
     if settings.processes > 1:
         del bundle  # each child loads its own
         code = run_supervised(settings)
     else:
         code = run_worker_process(settings, bundle=bundle)
     raise typer.Exit(code)
-
-
-def _ensure_topics(settings: Settings) -> None:
-    from sentistream.worker import kafka_clients
-
-    client = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
-    try:
-        kafka_clients.ensure_topics(client, kafka_clients.topic_specs(settings))
-    finally:
-        client.close()
 
 
 @app.command("demo")

@@ -427,11 +427,7 @@ def _write_job(settings: Settings, record: JobRecord) -> None:
 
 
 def _ensure_control_topic(settings: Settings) -> None:
-    admin = kafka_clients.admin(settings, kafka_clients.resolve_bootstrap(settings))
-    try:
-        kafka_clients.ensure_topics(admin, kafka_clients.control_topic_spec(settings))
-    finally:
-        admin.close()
+    kafka_clients.ensure_topics_exist(settings, kafka_clients.control_topic_spec(settings))
 
 
 def run_replay(settings: Settings, opts: ReplayOptions,

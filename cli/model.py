@@ -109,11 +109,7 @@ def write(settings, command: str, bundle: Path, sha256: str | None = None, allow
         note = "; its labels differ: workers carry it out only if they run with allow_label_change"
     cmd = Command(command=command, bundle=str(bundle), sha256=digest, issued_by=socket.gethostname())
     bootstrap = kafka_clients.resolve_bootstrap(settings)
-    admin = kafka_clients.admin(settings, bootstrap)
-    try:
-        kafka_clients.ensure_topics(admin, kafka_clients.control_topic_spec(settings))
-    finally:
-        admin.close()
+    kafka_clients.ensure_topics_exist(settings, kafka_clients.control_topic_spec(settings))
     producer = kafka_clients.producer(settings, bootstrap)
     try:
         key, value = cmd.encode()

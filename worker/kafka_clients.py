@@ -191,6 +191,15 @@ def ensure_topics(client: KafkaAdminClient, specs: dict[str, dict[str, Any]]) ->
     return sorted(missing)
 
 
+def ensure_topics_exist(settings: Settings, specs: dict[str, dict[str, Any]]) -> list[str]:
+    """:func:`ensure_topics` through an admin client of its own (closed after)."""
+    client = admin(settings, resolve_bootstrap(settings))
+    try:
+        return ensure_topics(client, specs)
+    finally:
+        client.close()
+
+
 def describe_topics(client: KafkaAdminClient, names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for topic in client.describe_topics(names):
