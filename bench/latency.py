@@ -79,7 +79,7 @@ def noop_bundle(src: Path, out: Path) -> Path:
     return out
 
 
-def _offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[str, float]:
+def offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[str, float]:
     """Send ``rate`` msgs/s for ``seconds``; the send time (ms, also the record's timestamp) of each id."""
     producer = kafka_clients.producer(s, s.bootstrap_servers, linger_ms=0)
     # The first send would wait for the connection and the topic's metadata (~0.1 s) and then
@@ -100,7 +100,7 @@ def _offer(s: Settings, rate: float, seconds: float, texts: list[str]) -> dict[s
     return sent
 
 
-def _collect(s: Settings, want: int, timeout: float, ready: threading.Event, out: dict[str, float]) -> None:
+def collect(s: Settings, want: int, timeout: float, ready: threading.Event, out: dict[str, float]) -> None:
     """Read the output topic from the start until ``want`` distinct ids came: id -> append time (ms)."""
     consumer = kafka_clients.consumer(s, s.bootstrap_servers, group_id=None, fetch_max_wait_ms=50)
     consumer.subscribe([s.output_topic])
@@ -138,10 +138,10 @@ def measure(row: str, settings: Settings, bootstrap: str, bundle: Path | None, r
         want = int(rate * seconds)
         arrived: dict[str, float] = {}
         ready = threading.Event()
-        reader = threading.Thread(target=_collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
+        reader = threading.Thread(target=collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
         reader.start()
         ready.wait(30)
-        sent = _offer(s, rate, seconds, texts)
+        sent = offer(s, rate, seconds, texts)
         reader.join()
         lat = np.array([arrived[i] - sent[i] for i in sent if i in arrived])
         ms = {q: float(np.quantile(lat, q)) if len(lat) else float("nan") for q in QUANTILES}
