@@ -83,14 +83,19 @@ def _where(records) -> list[tuple[int, int]]:
     return [(r.partition, r.offset) for r in records if hasattr(r, "offset")]
 
 
-def traced_worker(trace_path: Path, settings: Settings) -> int:
-    """The body of the traced process: one worker, its loop wrapped, the trace written at its end."""
-    from sentistream.worker import intake, pipeline, status_publisher
+def traced_worker(trace_path: Path, settings: Settings, constants: dict[str, Any] | None = None) -> int:
+    """The body of the traced process: one worker, its loop wrapped, the trace written at its end;
+    ``constants``: worker/loop.py's module constants changed first (an A/B of a loop policy)."""
+    from sentistream.worker import intake, loop, pipeline, status_publisher
     from sentistream.worker.delivery import AtLeastOnce
     from sentistream.worker.logs import setup_logging
     from sentistream.worker.loop import Worker
     from sentistream.worker.supervisor import run_worker_process
 
+    for name, value in (constants or {}).items():
+        if not hasattr(loop, name):
+            raise SystemExit(f"worker/loop.py has no constant {name}")
+        setattr(loop, name, value)
     tracer = Tracer()
     tracer.wrap(Worker, "turn")
     tracer.wrap(Worker, "_model_ops", "control")
@@ -117,9 +122,9 @@ def traced_worker(trace_path: Path, settings: Settings) -> int:
 
 # -- the measurement --------------------------------------------------------------------------------
 def measure(settings: Settings, bootstrap: str, rate: float, seconds: float, texts: list[str],
-            out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            out_dir: Path, extra: dict[str, Any] | None = None, constants: dict[str, Any] | None = None) -> dict[str, Any]:
     """Offer ``rate`` msgs/s for ``seconds`` to a traced worker; the joined trace."""
-    from sentistream.bench.latency import PARTITIONS, collect, offer
+    from sentistream.bench.latency import PARTITIONS, WARMUP_S, collect, offer
     from sentistream.bench.run import Topics
     from sentistream.bench.scrape import wait_ready
     from sentistream.broker.local import free_port
@@ -131,16 +136,16 @@ def measure(settings: Settings, bootstrap: str, rate: float, seconds: float, tex
     trace_path = out_dir / f"trace-{int(time.time())}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "sentistream.bench.turn_trace", "worker", str(trace_path),
-                             s.model_dump_json()])
+                             s.model_dump_json(), json.dumps(constants or {})])
     try:
         wait_ready(f"http://127.0.0.1:{port}/metrics", proc=proc)
-        want = int(rate * seconds)
+        want = int(rate * (WARMUP_S + seconds))
         arrived: dict[str, float] = {}
         ready = threading.Event()
         reader = threading.Thread(target=collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
         reader.start()
         ready.wait(30)
-        sent = offer(s, rate, seconds, texts)
+        sent = offer(s, rate, WARMUP_S + seconds, texts)
         reader.join()
         where = _input_positions(s, len(sent))
     finally:
@@ -211,12 +216,16 @@ def segments(run: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def report(run: dict[str, Any], top: int = 12) -> str:
+    from sentistream.bench.latency import WARMUP_S, latencies
+
     per = segments(run)
     lat = np.array([v["latency"] for v in per.values()])
     p99 = float(np.quantile(lat, 0.99))
     slow = [v for v in per.values() if v["latency"] >= p99]
+    steady = latencies("worker", run["rate"], run["sent"], run["arrived"])
     lines = [f"offered {run['rate']:.0f} msg/s; {len(per)}/{len(run['sent'])} messages joined; latency p50 / p95 / "
-             f"p99 {np.quantile(lat, 0.5):.1f} / {np.quantile(lat, 0.95):.1f} / {p99:.1f} ms", "",
+             f"p99 {np.quantile(lat, 0.5):.1f} / {np.quantile(lat, 0.95):.1f} / {p99:.1f} ms; after the first "
+             f"{WARMUP_S:g} s: " + " / ".join(f"{v:.1f}" for v in steady.ms.values()) + " ms", "",
              f"{'segment':<9} {'all: p50':>9} {'p95':>7} {'p99':>7}   {'slowest 1 %: mean':>18} {'max':>7}"]
     for seg in SEGMENTS:
         a = np.array([v[seg] for v in per.values()])
@@ -225,7 +234,7 @@ def report(run: dict[str, Any], top: int = 12) -> str:
                      f"   {b.mean():18.1f} {b.max():7.1f}")
     events = [("idle poll" if e[0] == "poll" and e[5]["timeout_ms"] else e[0], *e[1:]) for e in run["events"]]
     start = min(v["sent"] for v in per.values()) / 1000
-    end = max(v["sent"] for v in per.values()) / 1000
+    end = max(v["sent"] + v["latency"] for v in per.values()) / 1000
     inside = [e for e in events if start <= e[1] <= end]
     totals = Counter()
     counts = Counter()
@@ -265,7 +274,7 @@ def report(run: dict[str, Any], top: int = 12) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
-        raise SystemExit(traced_worker(Path(argv[1]), Settings.model_validate_json(argv[2])))
+        raise SystemExit(traced_worker(Path(argv[1]), Settings.model_validate_json(argv[2]), json.loads(argv[3])))
     if argv and argv[0] == "report":
         for path in argv[1:]:
             print(report(load(Path(path))))
@@ -277,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a worker setting for the traced worker (JSON value), e.g. --set latency_target_ms=50")
+    parser.add_argument("--ab", action="append", default=[], metavar="CONSTANT=VALUE",
+                        help="alternate runs without and with worker/loop.py's CONSTANT set to VALUE (JSON), "
+                             "e.g. --ab CONTROL_EVERY_S=1; --runs pairs")
+    parser.add_argument("--ab-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="alternate runs without and with this worker setting (JSON value), "
+                             "e.g. --ab-set latency_target_ms=50; --runs pairs")
     parser.add_argument("--noop", action="store_true",
                         help="trace the no-op model (the bundle's tokenizer, a graph that costs nothing)")
     parser.add_argument("--out", type=Path, default=Path("out/turn-trace"))
@@ -301,10 +316,20 @@ def main(argv: list[str] | None = None) -> None:
             peak, _ = worker_throughput(s, s.bootstrap_servers, s.bundle or default_bundle_path(), texts[:3000], 1, 1,
                                         32, PARTITIONS)
             print(f"peak of 1 worker × 1 thread: {peak:.0f} msg/s", flush=True)
-        for _ in range(args.runs):
-            run = measure(s, s.bootstrap_servers, peak * args.share, args.seconds, texts, args.out, extra)
-            print(report(run), flush=True)
-            print(flush=True)
+        constants = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.ab)}
+        settings = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.ab_set)}
+        configs = [("as built", {}, {})]
+        if constants or settings:
+            configs.append((" ".join(args.ab + args.ab_set), constants, settings))
+        summary: list[tuple[str, str]] = []
+        for r in range(args.runs):
+            for label, consts, sets in configs if r % 2 == 0 else configs[::-1]:
+                run = measure(s, s.bootstrap_servers, peak * args.share, args.seconds, texts, args.out,
+                              {**extra, **sets}, consts)
+                print(f"## {label}\n{report(run)}\n", flush=True)
+                summary.append((label, report(run).splitlines()[0]))
+        for label, line in sorted(summary, key=lambda x: x[0]):
+            print(f"{label:<28} {line}")
 
 
 if __name__ == "__main__":

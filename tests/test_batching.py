@@ -2,7 +2,7 @@ from collections import namedtuple
 
 import pytest
 
-from sentistream.worker.batching import Collector, CostModel, LatencyTarget, length_sorted_batches
+from sentistream.worker.batching import BusyMeter, Collector, CostModel, LatencyTarget, length_sorted_batches
 
 Rec = namedtuple("Rec", "topic partition offset")
 
@@ -92,11 +92,27 @@ def test_the_cost_model_learns_fixed_and_per_token_cost() -> None:
     assert CostModel().seconds([], 32) == 0.0
 
 
-def test_the_latency_target_takes_what_fits_and_a_full_batch_when_late() -> None:
+def test_the_latency_target_takes_what_fits_and_no_limit_when_late_or_busy() -> None:
     cost = _learned(0.001, 0.001)  # 30 characters: 2 + 9 tokens, 11 ms; 1 ms per batch
     policy = LatencyTarget(0.100, batch_size=32, cost=cost, chars=lambda item: [30], headroom=0.25)
     items = list(range(40))
     assert policy.limit(items, oldest_age=0.0) == 6  # 6 × 11 + 1 = 67 ms ≤ 75 ms < 78 ms
     assert policy.limit(items, oldest_age=0.030) == 4  # 45 ms left
-    assert policy.limit(items, oldest_age=0.070) == 32  # nothing fits: one full batch
+    assert policy.limit(items, oldest_age=0.070) is None  # nothing fits: late, so no limit (as without a target)
     assert policy.limit(items[:3], oldest_age=0.0) == 3
+    assert policy.limit(items, oldest_age=0.0, busy=0.59) == 6
+    assert policy.limit(items, oldest_age=0.0, busy=0.61) is None  # no slack for smaller cuts: as without a target
+
+
+def test_the_busy_meter_gives_the_share_of_its_window_spent_working() -> None:
+    now = [100.0]
+    meter = BusyMeter(window=2.0, clock=lambda: now[0])
+    assert meter.share() == 0.0
+    meter.add(0.5)
+    now[0] += 1.0
+    meter.add(0.3)
+    assert meter.share() == pytest.approx(0.4)
+    now[0] += 1.5  # the first span ended 2.5 s ago: out of the window
+    assert meter.share() == pytest.approx(0.15)
+    meter.add(5.0)
+    assert meter.share() == 1.0

@@ -207,3 +207,22 @@ def test_readme_performance_is_one_bench_run_of_the_shipped_bundle() -> None:
     datetime.date.fromisoformat(header.day)
     assert re.fullmatch(r"\d+ × .+, int8: .*(VNNI).*, AMX: .+", header.cpu)
     assert not re.search(r"(?<![\w.])/(home|root|tmp|work|Users|usr|var|opt|mnt)/", section)
+
+
+def test_turn_trace_cuts_each_latency_into_fetch_held_compute_publish() -> None:
+    from sentistream.bench.turn_trace import report, segments
+
+    # message a: sent at 1000 ms, polled at 1010, classified 1012-1030, appended at 1034
+    # message b: sent at 1005, polled with a, classified in the same call, appended at 1036
+    run = {"rate": 2.0, "sent": {"a": 1000.0, "b": 1005.0}, "arrived": {"a": 1034.0, "b": 1036.0},
+           "where": {(0, 7): "a", (1, 3): "b"},
+           "events": [["poll", 1.0, 1.010, 0.0, 0.0001, {"timeout_ms": 500, "records": [[0, 7], [1, 3]]}],
+                      ["handle", 1.012, 1.030, 0.0001, 0.017, [[0, 7], [1, 3]]],
+                      ["control", 1.0301, 1.0302, 0.017, 0.0171, None]]}
+    per = segments(run)
+    assert per["a"] == pytest.approx({"latency": 34.0, "fetch": 10.0, "held": 2.0, "compute": 18.0, "publish": 4.0,
+                                      "sent": 1000.0})
+    assert per["b"]["fetch"] == pytest.approx(5.0) and per["b"]["publish"] == pytest.approx(6.0)
+    text = report(run)
+    assert text.startswith("offered 2 msg/s; 2/2 messages joined")
+    assert "handle" in text and "control" in text

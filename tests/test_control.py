@@ -9,14 +9,16 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from sentistream.worker import model_ops
 from sentistream.worker.bundle import MANIFEST, Manifest, default_bundle_path
-from sentistream.worker.control import ControlRecord, State, bundle_path, fold, manifest_digest, read_command
+from sentistream.worker.control import ControlFeed, ControlRecord, State, bundle_path, fold, manifest_digest, read_command
 from tests.candidates import SHORT, candidate_bundle
+from tests.polling import wait_for
 from tests.test_model_ops import SERVING, make_ops, record, refused
 
 SHIPPED = default_bundle_path()
@@ -288,3 +290,64 @@ def test_the_command_a_worker_starts_with_is_in_its_state(candidate: Path) -> No
     ops_.replay([record("promote", SHIPPED, 0)])  # already serving it: the shadow ends
     assert ops_.shadow is None
     assert Manifest.read(SHIPPED).version == ops_.pipeline.model.version
+
+
+# -- the feed: the control topic read by a thread of its own -------------------------------------------
+class _ScriptedReader:
+    """Stands in for ControlReader: each poll returns (or raises) the next scripted answer, then nothing."""
+
+    topic = "sentences.control"
+
+    def __init__(self, answers: list) -> None:
+        self.answers = list(answers)
+        self.polls = 0
+
+    def poll(self, timeout_ms: int = 0) -> list[ControlRecord]:
+        self.polls += 1
+        if not self.answers:
+            time.sleep(timeout_ms / 1000)
+            return []
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def _rec(n: int) -> ControlRecord:
+    return ControlRecord(f"sentences.control[0]@{n}", b"serving", b"{}")
+
+
+def test_the_feed_hands_over_records_in_order_and_raises_a_failure_after_the_records_before_it() -> None:
+    reader = _ScriptedReader([[_rec(0), _rec(1)], [_rec(2)], OSError("broker gone"), [_rec(3)]])
+    feed = ControlFeed(reader, retry_s=2.0, poll_ms=10).start()
+    try:
+        got: list[ControlRecord] = []
+        wait_for(lambda: feed._queue.qsize() >= 4, timeout=5)  # three records and the failure
+        got += feed.poll()
+        assert [r.where for r in got] == [f"sentences.control[0]@{n}" for n in range(3)]
+        with pytest.raises(OSError, match="broker gone"):
+            feed.poll()
+        assert reader.polls == 3  # the thread waits retry_s before it reads again
+        wait_for(lambda: reader.polls >= 4, timeout=5)
+        wait_for(lambda: bool(got.extend(feed.poll()) or len(got) == 4), timeout=5)
+        assert got[-1].where == "sentences.control[0]@3"
+    finally:
+        feed.close()
+    assert not feed._thread.is_alive()
+
+
+def test_a_feed_whose_reader_raises_a_base_exception_keeps_its_thread() -> None:
+    class Panic(BaseException):  # what a Rust panic surfaces as
+        pass
+
+    reader = _ScriptedReader([Panic("boom"), [_rec(7)]])
+    feed = ControlFeed(reader, retry_s=0.05, poll_ms=10).start()
+    try:
+        wait_for(lambda: reader.polls >= 1, timeout=5)
+        with pytest.raises(RuntimeError, match="boom"):
+            wait_for(lambda: feed.poll() and False, timeout=5)
+        got: list[ControlRecord] = []
+        wait_for(lambda: bool(got.extend(feed.poll()) or got), timeout=5)
+        assert [r.where for r in got] == ["sentences.control[0]@7"]
+    finally:
+        feed.close()

@@ -151,23 +151,48 @@ class CostModel:
         return fixed * batches + per_token * sum(tokens)
 
 
+class BusyMeter:
+    """The share of the last ``window`` seconds the worker spent classifying and publishing."""
+
+    def __init__(self, window: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._spans: deque[tuple[float, float]] = deque()  # (ended at, seconds)
+
+    def add(self, seconds: float) -> None:
+        self._spans.append((self.clock(), seconds))
+
+    def share(self) -> float:
+        since = self.clock() - self.window
+        while self._spans and self._spans[0][0] < since:
+            self._spans.popleft()
+        return min(1.0, sum(seconds for _, seconds in self._spans) / self.window)
+
+
 class LatencyTarget:
     """``--latency-target-ms``: how much of what is held to classify now, so that the oldest held
     message's result goes out within the target. Takes the oldest items whose estimated cost
-    fits in the time left (less ``headroom`` of the target for publishing and the broker's ack);
-    at least ``batch_size`` when nothing fits (already late: then throughput is what shortens the
-    queue, and one full batch is the cheapest per message)."""
+    fits in the time left (less ``headroom`` of the target for publishing and the broker's ack).
+
+    No limit (the worker works exactly as one without a target) when nothing fits, or when the
+    worker was busy more than ``max_busy`` of the last seconds: a smaller cut costs more per
+    sentence (one batch: ~1.2x the widest cut, docs/performance.md), and without idle time to
+    absorb that the backlog, and the tail, grow; late, throughput is what shortens the queue."""
 
     def __init__(self, target_s: float, batch_size: int, cost: CostModel, chars: Callable[[Any], Sequence[int]],
-                 headroom: float = 0.25) -> None:
+                 headroom: float = 0.25, max_busy: float = 0.6) -> None:
         self.target_s = target_s
         self.batch_size = batch_size
         self.cost = cost
         self.chars = chars  # an item's sentences' lengths in characters
         self.headroom = headroom
+        self.max_busy = max_busy
 
-    def limit(self, items: Sequence, oldest_age: float) -> int:
-        """The weight (sentences) to take from the front of ``items``."""
+    def limit(self, items: Sequence, oldest_age: float, busy: float = 0.0) -> int | None:
+        """The weight (sentences) to take from the front of ``items``; None: no limit. ``busy``:
+        the share of the last seconds the worker spent working (:class:`BusyMeter`)."""
+        if busy > self.max_busy:
+            return None
         left = self.target_s * (1 - self.headroom) - oldest_age
         lengths: list[int] = []
         weight = 0
@@ -177,4 +202,4 @@ class LatencyTarget:
                 break
             lengths += more
             weight += max(1, len(more))
-        return weight or self.batch_size  # nothing fits: late already
+        return weight or None  # nothing fits: late already

@@ -38,6 +38,8 @@ worker checks it on the bytes it loads (worker/bundle.py). No Kafka client is ma
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -306,3 +308,60 @@ class ControlReader:
             if found is not None:
                 return found
         raise exc  # no record to blame: not a record's fault
+
+
+class ControlFeed:
+    """A running worker's view of the control topic: ``reader`` polled by a thread of its own, so
+    that the loop never waits on the topic (a poll of even an idle consumer goes through
+    kafka-python's I/O thread, and on a busy machine held the loop for up to 60 ms,
+    docs/performance.md). :meth:`poll` hands over what the thread has queued, in order, and raises
+    what reading failed with (a failure that is not a record's: the broker, an ACL); after one the
+    thread waits ``retry_s`` before it reads again."""
+
+    def __init__(self, reader: ControlReader, retry_s: float, poll_ms: int = 500) -> None:
+        self.reader = reader
+        self.topic = reader.topic
+        self.retry_s = retry_s
+        self.poll_ms = poll_ms
+        self._queue: queue.SimpleQueue[ControlRecord | Exception] = queue.SimpleQueue()
+        self._failed: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sentistream-control", daemon=True)
+
+    def start(self) -> ControlFeed:
+        self._thread.start()
+        return self
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                records = self.reader.poll(timeout_ms=self.poll_ms)
+            except BaseException as exc:  # reading failed: the loop says so, and this waits before it reads again
+                self._queue.put(exc if isinstance(exc, Exception) else RuntimeError(one_line(exc)))
+                self._stop.wait(self.retry_s)
+                continue
+            for record in records:
+                self._queue.put(record)
+
+    def poll(self) -> list[ControlRecord]:
+        """The records read since the last call, in order; a failure is raised after the records
+        read before it."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+        got: list[ControlRecord] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return got
+            if isinstance(item, Exception):
+                if not got:
+                    raise item
+                self._failed = item
+                return got
+            got.append(item)

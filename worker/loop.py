@@ -18,10 +18,10 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
 from sentistream.worker import intake, kafka_clients
-from sentistream.worker.batching import Collector, CostModel, LatencyTarget, cut_by_size
+from sentistream.worker.batching import BusyMeter, Collector, CostModel, LatencyTarget, cut_by_size
 from sentistream.worker.breaker import Breaker, Trip
 from sentistream.worker.bundle import Bundle, default_bundle_path
-from sentistream.worker.control import ControlReader
+from sentistream.worker.control import ControlFeed, ControlReader
 from sentistream.worker.delivery import AtLeastOnce, DeliveryFailed, ExactlyOnce, partition_of
 from sentistream.worker.exits import EXIT_FAILED, EXIT_OK
 from sentistream.worker.faults import one_line
@@ -42,7 +42,7 @@ LAG_EVERY_S = 2.0
 POLL_BATCHES = 8
 IDLE_POLL_MS = 500
 NOTE_BATCHES = 2  # how far ahead of what it reads a worker's note reaches, in turns' worth of records
-CONTROL_EVERY_S = 0.25  # how often the loop looks at the control topic
+CONTROL_EVERY_S = 0.25  # how often the loop takes what the control feed has read
 CONTROL_RETRY_S = 30.0  # after the control topic could not be read
 
 
@@ -81,12 +81,13 @@ class Worker:
                             on_resume=lambda resume: self.close_breaker(f"dlq resume by {resume.issued_by or '?'}"))
         if settings.shadow_bundle is not None:
             self.ops.start_shadow(settings.shadow_bundle)
-        self.control: ControlReader | None = None
+        self.control: ControlFeed | None = None
         self._next_control_at = 0.0
         self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
         self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
         self.chunk = settings.batch_size * POLL_BATCHES
         self.piece_bytes = settings.max_in_flight_bytes // 4
+        self.busy = BusyMeter()
         self.latency: LatencyTarget | None = None
         if cost is not None:
             self.latency = LatencyTarget(settings.latency_target_ms / 1000, settings.batch_size, cost,
@@ -176,7 +177,9 @@ class Worker:
             # A poll returns what the client holds, up to ``room``: fewer means nothing more is
             # waiting, so another poll to find that out would only add a turn's latency.
             if self.collector.ready(drained=len(records) < room):
+                started = time.monotonic()
                 self.process(self.collector.take(self._cut()))
+                self.busy.add(time.monotonic() - started)
         else:  # backpressure: no fetching until the oldest sends settle
             self.delivery.wait(0.2)
         self._rewound(self.delivery.advance())
@@ -194,8 +197,8 @@ class Worker:
         except KafkaError as exc:
             log.warning("cannot check or create topics %s and %s (%s)", s.output_topic, s.dlq_topic, one_line(exc))
 
-    def _open_control(self, admin, bootstrap: str, stack: contextlib.ExitStack) -> ControlReader | None:
-        """The control topic's reader (the topic is created if missing), after replaying what it
+    def _open_control(self, admin, bootstrap: str, stack: contextlib.ExitStack) -> ControlFeed | None:
+        """The control topic's feed (the topic is created if missing), after replaying what it
         holds; None (run-time model control off, logged) when the topic cannot be read at all.
         Its records never turn it off: each is carried out or refused (worker/model_ops.py)."""
         s = self.settings
@@ -210,7 +213,9 @@ class Worker:
             log.warning("control topic %s cannot be read (%s): run-time model control is off", s.control_topic, exc)
             return None
         self.ops.replay(backlog)
-        return reader
+        feed = ControlFeed(reader, CONTROL_RETRY_S).start()
+        stack.callback(feed.close)  # before the consumer's close (the stack unwinds in reverse)
+        return feed
 
     def _model_ops(self) -> None:
         """Between two pieces of work: carry out new control records, then ``--swap-when``."""
@@ -231,9 +236,9 @@ class Worker:
     def _cut(self) -> int:
         """How much (in sentences) to classify now: up to POLL_BATCHES batches, or what the
         latency target allows."""
-        if self.latency is None:
-            return self.chunk
-        return min(self.chunk, self.latency.limit(self.collector.items, self.collector.oldest_age()))
+        limit = None if self.latency is None else self.latency.limit(self.collector.items, self.collector.oldest_age(),
+                                                                      self.busy.share())
+        return self.chunk if limit is None else min(self.chunk, limit)
 
     def _decode(self, records: list) -> list[Decoded]:
         """Records of partitions processed as usual are decoded now, once a note covers them;

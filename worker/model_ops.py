@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from sentistream.worker.bundle import MANIFEST, Bundle, BundleError, DigestMismatch, default_bundle_path
 from sentistream.worker.control import (
     Command,
-    ControlReader,
+    ControlFeed,
     ControlRecord,
     Received,
     Refused,
@@ -125,7 +125,7 @@ class ModelOps:
         return True
 
     # -- control records ---------------------------------------------------------------------------
-    def follow(self, reader: ControlReader) -> None:
+    def follow(self, reader: ControlFeed) -> None:
         """Handle the control records that arrived, for at most FOLLOW_BUDGET_S (the rest wait for
         the next turn). A failing read (the broker, an ACL) is raised: the caller retries later."""
         if not self.pending:

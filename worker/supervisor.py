@@ -21,6 +21,7 @@ so it stays right while a child is down.
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import logging
 import multiprocessing as mp
@@ -83,6 +84,9 @@ def run_worker_process(settings: Settings, index: int = 0, serve_http: bool = Tr
     except BundleError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    # What start-up made (modules, the bundle, the clients) lives as long as the process: out of
+    # the collector's way, a full collection no longer walks it (one took 30 ms of the loop).
+    gc.freeze()
     server = None
     if serve_http and settings.metrics_port:
         server = serve(settings.metrics_host, settings.metrics_port, registry, worker.health.live,
