@@ -252,6 +252,12 @@ def report(run: dict[str, Any], top: int = 12) -> str:
         share, waiting = 100 * totals[label] / span, 100 * waited[label] / span
         lines.append(f"  {label:<14} {counts[label]:6d} {share:6.1f} % {waiting:6.1f} %"
                      f"  {1000 * (worst[2] - worst[1]):7.1f} / {1000 * (worst[4] - worst[3]):6.1f}")
+    calls = [e for e in inside if e[0] == "predict"]
+    if calls:
+        sentences = sum(e[5][0] for e in calls)
+        cpu = sum(e[4] - e[3] for e in calls)
+        lines += ["", f"inference: {len(calls)} calls, {sentences / len(calls):.2f} sentences per call, "
+                  f"{1000 * cpu / sentences:.2f} ms CPU per sentence"]
     lines += ["", "the slowest 1 % in episodes (sent less than 100 ms apart): start s, messages, worst ms, "
               "mean segments fetch / held / compute / publish ms"]
     episodes: list[list[dict[str, float]]] = []

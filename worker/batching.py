@@ -176,11 +176,12 @@ class LatencyTarget:
 
     No limit (the worker works exactly as one without a target) when nothing fits, or when the
     worker was busy more than ``max_busy`` of the last seconds: a smaller cut costs more per
-    sentence (one batch: ~1.2x the widest cut, docs/performance.md), and without idle time to
-    absorb that the backlog, and the tail, grow; late, throughput is what shortens the queue."""
+    sentence (a cut of one batch does 0.92x the widest cut's sentences/s, one of 8 sentences 0.86x,
+    docs/performance.md), and without idle time to absorb that the backlog, and the tail, grow;
+    late, throughput is what shortens the queue."""
 
     def __init__(self, target_s: float, batch_size: int, cost: CostModel, chars: Callable[[Any], Sequence[int]],
-                 headroom: float = 0.25, max_busy: float = 0.6) -> None:
+                 headroom: float = 0.25, max_busy: float = 0.5) -> None:
         self.target_s = target_s
         self.batch_size = batch_size
         self.cost = cost
