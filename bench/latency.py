@@ -142,22 +142,34 @@ def measure(row: str, settings: Settings, bootstrap: str, bundle: Path | None, r
             wait_ready(url, proc=proc)
         else:
             time.sleep(3)  # the echo has no readiness endpoint: give it its group join
-        want = int(rate * (WARMUP_S + seconds))
-        arrived: dict[str, float] = {}
-        ready = threading.Event()
-        reader = threading.Thread(target=collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
-        reader.start()
-        ready.wait(30)
-        sent = offer(s, rate, WARMUP_S + seconds, texts)
-        reader.join()
-        return latencies(row, rate, sent, arrived)
+        return latencies(row, rate, *offer_and_collect(s, rate, seconds, texts))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         topics.drop()
+
+
+def offer_and_collect(s: Settings, rate: float, seconds: float,
+                      texts: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Offer ``rate`` msgs/s for WARMUP_S + ``seconds`` while reading the results: (id -> send
+    time, id -> the result's append time), in ms."""
+    arrived: dict[str, float] = {}
+    ready = threading.Event()
+    reader = threading.Thread(target=collect, args=(s, int(rate * (WARMUP_S + seconds)), seconds + 60, ready, arrived),
+                              daemon=True)
+    reader.start()
+    ready.wait(30)
+    sent = offer(s, rate, WARMUP_S + seconds, texts)
+    reader.join()
+    return sent, arrived
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 60 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def latencies(row: str, rate: float, sent: dict[str, float], arrived: dict[str, float]) -> Latency:

@@ -26,10 +26,8 @@ import contextlib
 import functools
 import gc
 import json
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,7 +122,7 @@ def traced_worker(trace_path: Path, settings: Settings, constants: dict[str, Any
 def measure(settings: Settings, bootstrap: str, rate: float, seconds: float, texts: list[str],
             out_dir: Path, extra: dict[str, Any] | None = None, constants: dict[str, Any] | None = None) -> dict[str, Any]:
     """Offer ``rate`` msgs/s for ``seconds`` to a traced worker; the joined trace."""
-    from sentistream.bench.latency import PARTITIONS, WARMUP_S, collect, offer
+    from sentistream.bench.latency import PARTITIONS, offer_and_collect, stop
     from sentistream.bench.run import Topics
     from sentistream.bench.scrape import wait_ready
     from sentistream.broker.local import free_port
@@ -139,21 +137,10 @@ def measure(settings: Settings, bootstrap: str, rate: float, seconds: float, tex
                              s.model_dump_json(), json.dumps(constants or {})])
     try:
         wait_ready(f"http://127.0.0.1:{port}/metrics", proc=proc)
-        want = int(rate * (WARMUP_S + seconds))
-        arrived: dict[str, float] = {}
-        ready = threading.Event()
-        reader = threading.Thread(target=collect, args=(s, want, seconds + 60, ready, arrived), daemon=True)
-        reader.start()
-        ready.wait(30)
-        sent = offer(s, rate, WARMUP_S + seconds, texts)
-        reader.join()
+        sent, arrived = offer_and_collect(s, rate, seconds, texts)
         where = _input_positions(s, len(sent))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         topics.drop()
     events = json.loads(trace_path.read_text())
     trace_path.write_text(json.dumps({"rate": rate, "sent": sent, "arrived": arrived, "events": events,
