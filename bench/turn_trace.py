@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a worker setting for the traced worker (JSON value), e.g. --set latency_target_ms=50")
     parser.add_argument("--ab", action="append", default=[], metavar="CONSTANT=VALUE",
                         help="alternate runs without and with worker/loop.py's CONSTANT set to VALUE (JSON), "
-                             "e.g. --ab CONTROL_EVERY_S=1; --runs pairs")
+                             "e.g. --ab POLL_BATCHES=1; --runs pairs")
     parser.add_argument("--ab-set", action="append", default=[], metavar="NAME=VALUE",
                         help="alternate runs without and with this worker setting (JSON value), "
                              "e.g. --ab-set latency_target_ms=50; --runs pairs")

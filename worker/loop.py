@@ -42,8 +42,7 @@ LAG_EVERY_S = 2.0
 POLL_BATCHES = 8
 IDLE_POLL_MS = 500
 NOTE_BATCHES = 2  # how far ahead of what it reads a worker's note reaches, in turns' worth of records
-CONTROL_EVERY_S = 0.25  # how often the loop takes what the control feed has read
-CONTROL_RETRY_S = 30.0  # after the control topic could not be read
+CONTROL_RETRY_S = 30.0  # the control feed's pause after the topic could not be read
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -82,7 +81,6 @@ class Worker:
         if settings.shadow_bundle is not None:
             self.ops.start_shadow(settings.shadow_bundle)
         self.control: ControlFeed | None = None
-        self._next_control_at = 0.0
         self.health = Health(settings.stall_timeout_s, on_change=self._problem_changed)
         self.collector = Collector(settings.batch_size, settings.max_wait_ms / 1000, weight=lambda d: d.weight)
         self.chunk = settings.batch_size * POLL_BATCHES
@@ -219,13 +217,10 @@ class Worker:
 
     def _model_ops(self) -> None:
         """Between two pieces of work: carry out new control records, then ``--swap-when``."""
-        now = time.monotonic()
-        if self.control is not None and now >= self._next_control_at:
-            self._next_control_at = now + CONTROL_EVERY_S
-            try:
+        if self.control is not None:
+            try:  # taking what the feed's thread has read: no I/O here
                 self.ops.follow(self.control)
             except Exception as exc:  # reading failed (the broker, an ACL), not a record: serving goes on
-                self._next_control_at = now + CONTROL_RETRY_S
                 log.warning("control topic %s cannot be read (%s); retrying in %.0f s", self.control.topic,
                             one_line(exc), CONTROL_RETRY_S)
         self.ops.check_rule()
