@@ -104,6 +104,29 @@ def test_a_careful_partition_handed_over_keeps_its_suspicion() -> None:
     assert group.member().is_careful(TP)
 
 
+def test_a_worker_expelled_and_handed_back_its_own_note_goes_on_as_usual_and_no_other_does() -> None:
+    group = Group()
+    q = group.member(step=10)
+    work(group, q, range(0, 12), poison=None)  # then an outage: expelled, nothing handed over
+    q.forget({TP})  # on_lost
+    offset, note = group.committed[TP]
+    assert Marker.decode(note).end > offset  # the window is still open in the note
+    q.assigned({TP: group.committed[TP]})
+    assert not q.is_careful(TP)  # alive: nothing in its own window killed it
+    assert group.member().is_careful(TP)  # any other worker cannot know that
+
+
+def test_a_careful_window_stays_careful_even_for_the_worker_that_carried_it() -> None:
+    group = Group()
+    work(group, group.member(), range(0, 10), poison=5)  # a death in a batch
+    q = group.member()
+    assert q.is_careful(TP) and q.attempt(rec(5)) is None
+    q.forget({TP})  # expelled while trying 5 alone
+    q.assigned({TP: group.committed[TP]})
+    assert q.is_careful(TP)
+    assert Marker.decode(group.committed[TP][1]).by is None  # the suspicion is not its own
+
+
 def test_notes_are_committed_only_every_step_records() -> None:
     group = Group()
     q = group.member(step=100)
@@ -113,11 +136,12 @@ def test_notes_are_committed_only_every_step_records() -> None:
 
 
 @pytest.mark.parametrize("metadata", ["", "x", "{}", '{"end": -1}', '{"end": true}', '{"end": "5"}', "[" * 5000,
-                                      '{"end": 9, "at": "x"}', None, '{"end": 9, "n": -2}'])
+                                      '{"end": 9, "at": "x"}', None, '{"end": 9, "n": -2}', '{"by": "w"}'])
 def test_a_note_that_is_not_ours_reads_as_clean(metadata) -> None:
     assert Marker.decode(metadata) == CLEAN
 
 
 def test_notes_round_trip() -> None:
-    for marker in (Marker(10), Marker(10, 4, 2), CLEAN):
+    for marker in (Marker(10), Marker(10, 4, 2), Marker(10, by="a1b2"), CLEAN):
         assert Marker.decode(marker.encode()) == marker
+    assert Marker.decode('{"end": 9, "by": 7}') == Marker(9)  # a "by" that is not a string names no one

@@ -13,6 +13,8 @@ The note (a ``Marker``, a few dozen bytes of JSON):
   wrote, and every later commit repeats it; so ``E`` bounds whatever it was processing when it died.
 - ``{"end": E, "at": O, "n": k}``: record ``O`` is being tried alone; ``k`` deaths are counted
   against it so far.
+- ``"by": W`` beside ``end`` (no ``at``): worker ``W`` (one id per worker loop, never reused) wrote
+  it over records it was reading as usual.
 - anything else (an empty string): handed over cleanly, on revoke or stop.
 
 A worker that is assigned a partition whose note is not clean was handed it by a worker that died
@@ -23,6 +25,11 @@ have been this record's, in a batch. A record with ``k >= max_record_attempts`` 
 instead of processed. Past ``E`` the partition is processed as usual again. A culprit is thus
 tried at most ``max_record_attempts`` times: once in a batch, then alone.
 
+A worker that is handed back its own ``by`` note was expelled, not killed: it is alive, so nothing
+in the window killed it, and it goes on as usual (after an outage a whole group is expelled and
+gets its own partitions back). A careful window's notes carry no ``by``: its suspicion came from
+another worker's death, and stays with the partition whoever holds it next.
+
 Not kept: offsets committed without a note by tools of one's own; an unreadable note counts as
 clean (only members of the group write it).
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -52,13 +60,16 @@ class Marker:
     end: int | None = None
     at: int | None = None
     deaths: int = 0
+    by: str | None = None  # the worker that wrote it over records it read as usual
 
     def encode(self) -> str:
         if self.end is None:
             return ""
-        note: dict[str, int] = {"end": self.end}
+        note: dict[str, int | str] = {"end": self.end}
         if self.at is not None:
             note |= {"at": self.at, "n": self.deaths}
+        if self.by is not None:
+            note["by"] = self.by
         return json.dumps(note, separators=(",", ":"))
 
     @classmethod
@@ -66,12 +77,12 @@ class Marker:
         """Never raises: what is not a note of ours is clean."""
         try:
             note = json.loads(metadata or "")
-            end, at, deaths = note["end"], note.get("at"), note.get("n", 0)
+            end, at, deaths, by = note["end"], note.get("at"), note.get("n", 0), note.get("by")
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return CLEAN
         if not (_offset(end) and (at is None or _offset(at)) and _offset(deaths)):
             return CLEAN
-        return cls(end, at, deaths)
+        return cls(end, at, deaths, by if isinstance(by, str) else None)
 
 
 CLEAN = Marker()
@@ -95,12 +106,13 @@ class Quarantine:
 
     ``commit(offsets, blocking)`` commits ``{tp: (offset, metadata)}``; ``step``: how far
     beyond the furthest record read a note reaches (a synchronous commit every ``step`` records
-    per partition)."""
+    per partition); ``me``: this worker's id in its notes (a fresh one by default)."""
 
-    def __init__(self, max_attempts: int, step: int, commit: Commit) -> None:
+    def __init__(self, max_attempts: int, step: int, commit: Commit, me: str | None = None) -> None:
         self.max_attempts = max_attempts
         self.step = step
         self.commit = commit
+        self.me = me or uuid.uuid4().hex[:12]
         self.base: dict[TopicPartition, int] = {}  # the offset last committed (or sent to be)
         self.covered: dict[TopicPartition, int] = {}  # the end of this worker's note
         self.careful: dict[TopicPartition, Careful] = {}
@@ -117,7 +129,10 @@ class Quarantine:
             offset, metadata = got
             self.base[tp] = offset
             marker = Marker.decode(metadata)
-            if marker.end is not None and marker.end > offset:
+            if marker.by == self.me and marker.at is None:
+                log.info("%s[%d]: handed back with this worker's own note (it was expelled, not killed): as usual",
+                         tp.topic, tp.partition)
+            elif marker.end is not None and marker.end > offset:
                 self.careful[tp] = Careful(marker.end, marker.at, marker.deaths)
                 log.warning("%s[%d]: its last owner stopped without handing it over; records %d..%d go one at a "
                             "time%s", tp.topic, tp.partition, offset, marker.end - 1,
@@ -147,8 +162,9 @@ class Quarantine:
     def metadata(self, tp: TopicPartition) -> str:
         """The note every regular commit of ``tp`` carries."""
         careful = self.careful.get(tp)
-        end = careful.end if careful is not None else self.covered.get(tp)
-        return Marker(end).encode()
+        if careful is not None:
+            return Marker(careful.end).encode()
+        return Marker(self.covered.get(tp), by=self.me).encode()
 
     def sent(self, offsets: dict[TopicPartition, int]) -> None:
         """Regular commits of these offsets were sent (at-least-once) or committed (exactly-once)."""
@@ -167,7 +183,7 @@ class Quarantine:
         due = {tp: o + self.step for tp, o in furthest.items() if o >= self.covered.get(tp, -1)}
         if not due:
             return
-        self.commit({tp: (self.base[tp], Marker(end).encode()) for tp, end in due.items()}, True)
+        self.commit({tp: (self.base[tp], Marker(end, by=self.me).encode()) for tp, end in due.items()}, True)
         self.covered.update(due)
 
     def attempt(self, record: RawRecord) -> Rejection | None:
