@@ -226,3 +226,14 @@ def test_turn_trace_cuts_each_latency_into_fetch_held_compute_publish() -> None:
     text = report(run)
     assert text.startswith("offered 2 msg/s; 2/2 messages joined")
     assert "handle" in text and "control" in text
+
+
+def test_call_cost_times_one_sentence_per_call_on_each_installed_runtime_and_thread_count(capsys) -> None:
+    from sentistream.bench import call_cost
+    from sentistream.worker import sessions
+
+    call_cost.alone(sentences=3, rounds=1)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    installed = [r for r in ("onnxruntime", "openvino") if sessions.installed(r)]
+    assert [(r[0], r[1]) for r in rows] == [(r, t) for r in installed for t in ("1", "2")]
+    assert all(float(r[2]) > 0 and float(r[5]) >= 0 for r in rows)
