@@ -10,15 +10,20 @@ bundle's model (tokenizer excluded) in one process, two ways:
   2 threads, the configurations interleaved sentence by sentence (wall and CPU time per call);
 - **shape**: training-split sentences of exactly ``L`` tokens, ``n`` to a call, median of repeats:
   how a call's time grows with its length and its batch size, and so how much of a one-sentence
-  call is a fixed cost that batching or merging lengths could save.
+  call is a fixed cost that batching or merging lengths could save;
+- ``--profile``: onnxruntime's own profiler over one-sentence calls: kernel time and nodes per
+  call by operator type (the profiler's timing inflates the totals; the shares are what it is for).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from sentistream.worker import sessions
 from sentistream.worker.bundle import Bundle, default_bundle_path
@@ -76,12 +81,46 @@ def shape(repeats: int) -> None:
               flush=True)
 
 
+def profile(sentences: int) -> None:
+    import onnxruntime as ort
+
+    from sentistream.export import data
+    from sentistream.worker.bundle import session_options
+
+    bundle = Bundle(default_bundle_path(), threads=1, runtime="onnxruntime")
+    options = session_options(1, bundle.manifest.session_config)
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession((bundle.path / "model.onnx").read_bytes(), options,
+                                       providers=["CPUExecutionProvider"])
+        encodings = bundle.tokenize(data.load(data.default_cache_dir()).part("test")[0][:sentences])
+        for e in encodings:
+            session.run(None, bundle.feed([e]))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    spent: collections.Counter[str] = collections.Counter()
+    nodes: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            spent[e["args"]["op_name"]] += e["dur"]
+            nodes[e["args"]["op_name"]] += 1
+    total = sum(spent.values())
+    print(f"\nonnxruntime profiler, {len(encodings)} one-sentence calls: {total / len(encodings) / 1000:.2f} ms of "
+          f"kernels and {sum(nodes.values()) / len(encodings):.0f} nodes per call")
+    for op, us in spent.most_common(12):
+        print(f"{op:<24} {us / total:6.1%} {nodes[op] / len(encodings):5.0f} nodes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sentistream.bench.call_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--sentences", type=int, default=400, help="test-split sentences timed alone")
     parser.add_argument("--rounds", type=int, default=3, help="passes over them")
     parser.add_argument("--repeats", type=int, default=30, help="repeats per (length, batch size)")
+    parser.add_argument("--profile", action="store_true", help="only onnxruntime's profile of one-sentence calls")
     args = parser.parse_args(argv)
+    if args.profile:
+        profile(min(args.sentences, 200))
+        return
     alone(args.sentences, args.rounds)
     shape(args.repeats)
 
