@@ -426,17 +426,13 @@ def _write_job(settings: Settings, record: JobRecord) -> None:
         producer.close(10)
 
 
-def _ensure_control_topic(settings: Settings) -> None:
-    kafka_clients.ensure_topics_exist(settings, kafka_clients.control_topic_spec(settings))
-
-
 def run_replay(settings: Settings, opts: ReplayOptions,
                on_progress: Callable[[int, int], None] | None = None,
                on_plan: Callable[[Plan], None] | None = None) -> Report:
     """One replay job (module docstring). ReplayBusy when another holds the lock; UserError (one
     line) for a refusal or a failure; its audit record says which."""
     check_options(settings, opts)
-    _ensure_control_topic(settings)
+    kafka_clients.ensure_topics_exist(settings, kafka_clients.control_topic_spec(settings))
     job = new_job_id()
     lock = ReplayLock(settings, job)
     lock.acquire()

@@ -237,3 +237,29 @@ def test_call_cost_times_one_sentence_per_call_on_each_installed_runtime_and_thr
     installed = [r for r in ("onnxruntime", "openvino") if sessions.installed(r)]
     assert [(r[0], r[1]) for r in rows] == [(r, t) for r in installed for t in ("1", "2")]
     assert all(float(r[2]) > 0 and float(r[5]) >= 0 for r in rows)
+
+
+def test_dequantized_folds_weight_dequantizers_and_bypasses_activation_pairs() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sentistream.bench.attention_fusion import dequantized
+
+    w = np.array([[1, -2], [3, 4]], dtype=np.int8)
+    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.array([0.5, 0.25], np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(2, np.int8), "w_z"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "a_s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "a_z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "a_s", "a_z"], ["x_dq"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=1),
+             helper.make_node("MatMul", ["x_dq", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    model = dequantized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]
+    x = np.array([[0.37, -1.21]], np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ (w.astype(np.float32) * [0.5, 0.25]), rtol=1e-6)
+    onnx.checker.check_model(model)
