@@ -89,7 +89,8 @@ def number(page, sel: str) -> float:
 
 def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url, browser, tmp_path) -> None:
     url, s = console_url
-    s = s.model_copy(update={"bundle_roots": str(tmp_path)})
+    # control commands may point at candidates under tmp_path, and back at the shipped bundle
+    s = s.model_copy(update={"bundle_roots": f"{tmp_path}:{default_bundle_path().parent}"})
     workers = [WorkerProcess(s).start(tmp_path, f"w{i}") for i in range(2)]
     feeder = Feeder(kafka, s.input_topic)
     try:
@@ -145,11 +146,18 @@ def test_the_console_watches_workers_models_and_dead_letters(kafka, console_url,
                  "both workers show the shadow's agreement")
         wait_for(lambda: "audit:dlq-replay" in page.inner_text("#control tbody"), 20, "the replay's audit records")
         shot(page, "models")
+        serving = page.locator("#models tbody td:nth-child(2)")  # the model column (the shadow's is next)
         page.click("#promote")  # no bundle named: the shadow's
         wait_for(lambda: "written to" in page.inner_text("#model-result"), 60, "the promote command written")
-        wait_for(lambda: page.locator("#models tbody tr").filter(has_text=f"{version} (").count() == 2, 60,
-                 "both workers serve the promoted bundle")
+        wait_for(lambda: serving.filter(has_text=f"{version} (").count() == 2, 60, "both workers serve the promoted bundle")
+        assert page.locator("#models td.agreement").filter(has_text="%").count() == 0  # the shadow ended
         wait_for(lambda: "audit:console:promote" in page.inner_text("#control tbody"), 20, "the promote audited")
+        page.click("#rollback")  # no bundle named: the console's --bundle, else the shipped one
+        shipped = Manifest.read(default_bundle_path()).version
+        wait_for(lambda: serving.filter(has_text=f"{shipped} (").count() == 2, 60,
+                 "both workers serve the shipped bundle again")
+        assert serving.filter(has_text=f"{version} (").count() == 0, page.inner_text("#models tbody")
+        wait_for(lambda: "audit:console:rollback" in page.inner_text("#control tbody"), 20, "the rollback audited")
 
         # a worker stopped with SIGTERM leaves (its tombstone); one killed turns "gone" (3 status intervals)
         page.goto(url + "#workers")
