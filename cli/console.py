@@ -197,6 +197,9 @@ class Console:
         self.collector = collector
         self.token = token
         self.actions = Actions(settings)
+        from sentistream.cli.dlq import RunningStats
+
+        self.dlq_stats = RunningStats(settings)  # the DLQ page asks every few seconds: read only what is new
 
     def get(self, path: str, query: dict[str, list[str]]) -> Any:
         from sentistream.cli import dlq
@@ -213,7 +216,7 @@ class Console:
 
             return {"workers": self.collector.workers(), "control": data.control_rows(control_records(s))[:100]}
         if path == "/api/dlq/stats":
-            return dlq.collect_stats(s).to_json()
+            return self.dlq_stats.current().to_json()
         if path == "/api/dlq/browse":
             params = {"reason": query.get("reason", []), "since": _one(query, "since"),
                       "until": _one(query, "until"), "contains": _one(query, "contains")}

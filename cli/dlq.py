@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -342,6 +343,49 @@ def count(dead_letters: Iterable[DeadLetter], topic: str) -> Stats:
 def collect_stats(settings: Settings) -> Stats:
     """The whole dead-letter topic counted (read once, start to end)."""
     return count(read_dead_letters(settings), settings.dlq_topic)
+
+
+class RunningStats:
+    """:func:`collect_stats`, kept up to date for a page that asks every few seconds: each call
+    reads only the dead letters that came since the last one. It counts afresh when what it
+    counted is no longer what the topic holds: a partition's beginning moved past where counting
+    began (retention, deleted records), its end went back or its partitions changed (the topic was
+    recreated), or the last read failed halfway. Thread-safe (the console serves requests in
+    threads)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats: Stats | None = None
+        self.began: dict[TopicPartition, int] = {}
+        self.next: dict[TopicPartition, int] = {}
+        self.read = 0  # dead letters read by the last call
+        self._lock = threading.Lock()
+
+    def current(self) -> Stats:
+        with self._lock:
+            consumer = reader(self.settings)
+            try:
+                tps = partitions_of(consumer, self.settings.dlq_topic)
+                starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+                if self.stats is None or counts_afresh(self.began, self.next, starts, ends):
+                    self.stats, self.began, self.next = Stats(self.settings.dlq_topic), dict(starts), dict(starts)
+                stats, self.stats, self.read = self.stats, None, 0  # None until this read is whole
+                for record in scan(consumer, self.next, ends):
+                    stats.add(DeadLetter.of(record))
+                    self.read += 1
+                self.stats, self.next = stats, dict(ends)
+                return stats
+            finally:
+                consumer.close(autocommit=False)
+
+
+def counts_afresh(began: dict[TopicPartition, int], counted_to: dict[TopicPartition, int],
+                  starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> bool:
+    """Whether counts kept from ``began`` to ``counted_to`` no longer describe a topic that now
+    holds ``starts`` to ``ends``."""
+    if set(starts) != set(began):
+        return True
+    return any(starts[tp] > began[tp] or ends[tp] < counted_to[tp] for tp in starts)
 
 
 # -- one dead letter as JSON ---------------------------------------------------------------------

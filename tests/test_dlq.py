@@ -19,7 +19,7 @@ import pytest
 from kafka import TopicPartition
 
 from sentistream.cli.app import main
-from sentistream.cli.dlq import DeadLetter, Filter, make_filter, parse_when, scan
+from sentistream.cli.dlq import DeadLetter, Filter, RunningStats, counts_afresh, make_filter, parse_when, scan
 from sentistream.cli.dlq_jobs import Holder, JobRecord, lock_holder, lock_key, with_progress
 from sentistream.cli.dlq_replay import Pace, ReplayOptions, committed_progress, make_plan, replay_message
 from sentistream.worker.errors import UserError
@@ -94,6 +94,15 @@ def test_a_replayed_record_keeps_its_own_headers_and_counts_one_more() -> None:
     assert headers == [("trace", b"t1"), ("empty", b""), ("sentistream-replay-count", b"2")]
     assert not dl(value=None).replayable and not dl(reason="unreadable_record").replayable
     assert not dl(headers=[("sentistream-dlq-stub", b"1")]).replayable
+
+
+def test_running_stats_count_afresh_when_the_topic_no_longer_holds_what_they_counted() -> None:
+    a, b = TopicPartition("dlq", 0), TopicPartition("dlq", 1)
+    began, counted = {a: 0, b: 5}, {a: 10, b: 7}
+    assert not counts_afresh(began, counted, {a: 0, b: 5}, {a: 12, b: 7})  # only more: read the rest
+    assert counts_afresh(began, counted, {a: 3, b: 5}, {a: 12, b: 7})  # retention deleted some
+    assert counts_afresh(began, counted, {a: 0, b: 0}, {a: 2, b: 0})  # recreated
+    assert counts_afresh(began, counted, {a: 0}, {a: 12})  # other partitions
 
 
 def test_pace_spaces_records_evenly() -> None:
@@ -269,6 +278,9 @@ def test_stats_browse_and_dry_run_on_the_real_broker(kafka, dlq_topics, capsys) 
     assert stats["replayed_before"] == 2 and stats["jobs"] == [] and stats["parked"]["records"] is None
     code, out, _ = dlq(capsys, s, "stats")
     assert code == 0 and "too_large" in out and "no replay jobs" in out
+    running = RunningStats(s)  # the console's: each call reads only what is new
+    assert running.current().to_json() == {k: v for k, v in stats.items() if k not in ("jobs", "parked")}
+    assert running.read == 18
 
     def browse(*args: str) -> list[dict]:
         code, out, err = dlq(capsys, s, "browse", "--json", *args)
@@ -313,6 +325,10 @@ def test_stats_browse_and_dry_run_on_the_real_broker(kafka, dlq_topics, capsys) 
     assert committed_progress(s) == {} and topic_records(kafka, s.input_topic) == []
     code, out, err = dlq(capsys, s, "replay", "--reason", "model_error", "--replay-topics", "legacy,other", "--dry-run")
     assert code == 0 and "by target: legacy 2" in out, err
+
+    kafka.produce_foreign(s.dlq_topic, [dead_letter("empty_text", src, 2, 10 + i, b" ") for i in range(2)])
+    assert running.current().by_reason["empty_text"].count == 5 and running.read == 2  # only the new ones read
+    assert running.current().total.count == 20 and running.read == 0
 
 
 def replay_command(s, *args: str) -> list[str]:

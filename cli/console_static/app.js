@@ -2,7 +2,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const DLQ_EVERY = 5;  // the dead-letter counts: every 5th poll (they read the whole topic)
+const DLQ_EVERY = 5;  // the dead-letter counts: every 5th poll (each costs a fresh consumer; only new dead letters are read)
 const charts = {};
 
 const $ = (sel) => document.querySelector(sel);
